@@ -1,0 +1,62 @@
+"""The bounded request-body reader for our routes.
+
+Checks happen before a byte is read where possible: content type, content encoding and a declared
+``Content-Length`` over the limit. Chunked bodies are counted while they arrive, and reading stops
+at the first byte past the limit.
+"""
+
+from __future__ import annotations
+
+from ._asgi import Receive, Scope, get_header
+from .errors import RequestTooLarge, UnsupportedMediaType
+
+__all__ = ["ClientDisconnected", "check_body_headers", "read_body"]
+
+
+class ClientDisconnected(Exception):
+    """The client went away while sending its body: nothing is to be answered."""
+
+
+def _is_json(content_type: bytes) -> bool:
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    )
+
+
+def check_body_headers(scope: Scope, max_bytes: int) -> None:
+    """Refuse a body we would not parse, before reading it."""
+    content_type = get_header(scope, b"content-type")
+    if content_type is not None and not _is_json(content_type):
+        shown = content_type.decode("latin-1")[:100]
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {shown!r}.")
+    encoding = get_header(scope, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        raise UnsupportedMediaType(
+            "Content-Encoding is not supported on this route; send an uncompressed JSON body."
+        )
+    declared = get_header(scope, b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise RequestTooLarge(_too_large(max_bytes))
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"Request body is larger than the limit of {max_bytes} bytes."
+
+
+async def read_body(receive: Receive, max_bytes: int) -> bytes:
+    """Read the whole body (at most ``max_bytes``); ``ClientDisconnected`` if the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(_too_large(max_bytes))
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,181 @@
+"""The model catalog: which models exist, what each can do, and how to reach it.
+
+The catalog is data. ``models.toml`` ships in the package; the user's TOML config adds entries or
+overrides fields of shipped ones under ``[models."provider/name"]``. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from importlib import resources
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ModelNotFound
+
+__all__ = ["Catalog", "FreeSize", "ModelEntry", "load_catalog"]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+_WXH = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
+
+
+def parse_wxh(size: str) -> tuple[int, int] | None:
+    """``"1024x768"`` -> ``(1024, 768)``; anything else -> None."""
+    match = _WXH.match(size)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+class FreeSize(BaseModel):
+    """Rules for models that take any ``WxH`` within limits (gpt-image-2, the local renderer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    multiple_of: int = Field(default=1, ge=1)
+    min_edge: int = Field(default=1, ge=1)
+    max_edge: int = Field(ge=1)
+    max_ratio: float = Field(default=3.0, ge=1.0)
+    min_pixels: int = Field(default=0, ge=0)
+    max_pixels: int = Field(ge=1)
+
+    def problem(self, width: int, height: int) -> str | None:
+        """Why ``width x height`` is not allowed, or None when it is."""
+        if width % self.multiple_of or height % self.multiple_of:
+            return f"both edges must be multiples of {self.multiple_of}"
+        if min(width, height) < self.min_edge or max(width, height) > self.max_edge:
+            return f"each edge must be between {self.min_edge} and {self.max_edge} pixels"
+        if max(width, height) / min(width, height) > self.max_ratio:
+            return f"the long edge may be at most {self.max_ratio:g} times the short edge"
+        if not self.min_pixels <= width * height <= self.max_pixels:
+            return f"the total must be between {self.min_pixels} and {self.max_pixels} pixels"
+        return None
+
+    def describe(self) -> str:
+        return (
+            f"any WxH with edges multiple of {self.multiple_of}, "
+            f"{self.min_edge}-{self.max_edge} px, ratio at most {self.max_ratio:g}:1, "
+            f"{self.min_pixels}-{self.max_pixels} pixels in total"
+        )
+
+
+class ModelEntry(BaseModel):
+    """One model: its provider, upstream id and capabilities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_ID.pattern)
+    provider: str
+    upstream: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    sizes: tuple[str, ...] = ("auto",)
+    aspect_ratios: Mapping[str, str] = Field(default_factory=dict)
+    free_size: FreeSize | None = None
+    default_size: str | None = None
+    max_n: int = Field(default=1, ge=1, le=10)
+    qualities: tuple[str, ...] = ("auto",)
+    output_formats: tuple[str, ...] = ("png",)
+    params: tuple[str, ...] = ()
+    accepts_extra_fields: bool = False
+    native_streaming: bool = False
+    max_prompt_chars: int | None = Field(default=None, ge=1)
+    price_per_image: float | None = Field(default=None, ge=0)
+    upstream_timeout: float | None = Field(default=None, gt=0)
+    options: Mapping[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelEntry:
+        if self.id.split("/", 1)[0] != self.provider:
+            raise ValueError(
+                f"model id {self.id!r} must start with its provider {self.provider!r}/"
+            )
+        for size in (*self.sizes, *self.aspect_ratios.values()):
+            if size != "auto" and parse_wxh(size) is None:
+                raise ValueError(f"size {size!r} of {self.id!r} is not 'auto' or WxH")
+        return self
+
+    def resolve_size(self, size: str | None) -> str | None:
+        """The concrete size for a request's ``size`` (``"auto"``/None -> the default)."""
+        if size is None or size == "auto":
+            return self.default_size or (None if size is None else "auto")
+        return self.aspect_ratios.get(size, size)
+
+    def public(self, created: int) -> dict[str, Any]:
+        """The ``GET /v1/models`` entry."""
+        capabilities: dict[str, Any] = {
+            "sizes": list(self.sizes),
+            "aspect_ratios": sorted(self.aspect_ratios),
+            "max_n": self.max_n,
+            "qualities": list(self.qualities),
+            "output_formats": list(self.output_formats),
+            "params": list(self.params),
+            "native_streaming": self.native_streaming,
+        }
+        if self.free_size is not None:
+            capabilities["free_size"] = self.free_size.model_dump()
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "object": "model",
+            "created": created,
+            "owned_by": self.provider,
+            "type": "image",
+            "aliases": list(self.aliases),
+            "description": self.description,
+            "capabilities": capabilities,
+        }
+        if self.price_per_image is not None:
+            entry["pricing"] = {
+                "pricing_unit": "per_image",
+                "output_usd_per_unit": self.price_per_image,
+            }
+        return entry
+
+
+class Catalog:
+    """Model entries by id, with alias lookup."""
+
+    def __init__(self, entries: Iterable[ModelEntry]) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+        self._names: dict[str, ModelEntry] = {}
+        for entry in entries:
+            self._entries[entry.id] = entry
+        for entry in self._entries.values():
+            for name in (entry.id, *entry.aliases):
+                other = self._names.get(name)
+                if other is not None and other.id != entry.id:
+                    raise ValueError(
+                        f"model name {name!r} is used by {other.id!r} and {entry.id!r}"
+                    )
+                self._names[name] = entry
+
+    def __iter__(self) -> Iterator[ModelEntry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resolve(self, name: str) -> ModelEntry:
+        """The entry for an id or alias; 404 ``model_not_found`` otherwise."""
+        entry = self._names.get(name)
+        if entry is None:
+            raise ModelNotFound(
+                f"Model {name!r} does not exist. GET /v1/models lists the models served here.",
+                param="model",
+            )
+        return entry
+
+
+def _shipped() -> dict[str, dict[str, Any]]:
+    text = resources.files(__package__).joinpath("models.toml").read_text("utf-8")
+    models: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
+    return models
+
+
+def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Catalog:
+    """The shipped catalog with the user's ``[models."id"]`` tables merged over it, by field."""
+    raw = _shipped()
+    for model_id, fields in (overrides or {}).items():
+        raw[model_id] = {**raw.get(model_id, {}), **fields}
+    return Catalog(ModelEntry.model_validate({"id": key, **value}) for key, value in raw.items())

@@ -1,0 +1,44 @@
+"""Run a coroutine until it finishes or the client disconnects, whichever comes first.
+
+After the request body is read, the only message a server sends on ``receive`` is
+``http.disconnect``, so one listener task waits for it and cancels the work: a client that
+gives up on a two-minute generation does not leave the upstream request running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from ._asgi import Receive
+
+__all__ = ["call_until_disconnect"]
+
+T = TypeVar("T")
+
+
+async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
+    """``await work()``; None if the client disconnected first (the work is then cancelled)."""
+    disconnected = False
+    error: Exception | None = None
+    result: T | None = None
+    async with anyio.create_task_group() as group:
+
+        async def listen() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            group.cancel_scope.cancel()
+
+        group.start_soon(listen)
+        try:
+            result = await work()
+        except Exception as exc:
+            error = exc
+        group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return None if disconnected else result

@@ -1,0 +1,183 @@
+"""The gateway's errors and their wire envelope.
+
+Every failure the client can see is a ``GatewayError``; its subclass fixes the HTTP status and
+the stable ``error.code``::
+
+    GatewayError
+     ├── InvalidRequest              400 invalid_request      (the model can't do that; has param)
+     ├── InvalidJSON                 400 invalid_json
+     ├── ContentPolicyViolation      400 content_policy_violation
+     ├── Unauthorized                401 unauthorized
+     ├── ModelNotFound               404 model_not_found
+     ├── NotFound                    404 not_found
+     ├── MethodNotAllowed            405 method_not_allowed   (Allow header)
+     ├── RequestTooLarge             413 request_too_large
+     ├── UnsupportedMediaType        415 unsupported_media_type
+     ├── ValidationFailed            422 validation_error     (details)
+     ├── UpstreamRateLimited         429 upstream_rate_limit_error (Retry-After)
+     ├── NotImplementedByGateway     501 not_implemented
+     ├── UpstreamError               502 upstream_error       (provider_code)
+     ├── UpstreamAuthError           502 upstream_auth_error
+     └── GatewayTimeout              504 gateway_timeout      (provider_code provider_timeout)
+
+The envelope is ``{"error": {"code", "message", ...}, "request_id": "req_..."}``; optional keys
+appear only when set. Messages never carry secrets, stack traces or image data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+__all__ = [
+    "ContentPolicyViolation",
+    "GatewayError",
+    "GatewayTimeout",
+    "InvalidJSON",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "NotImplementedByGateway",
+    "RequestTooLarge",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UpstreamAuthError",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "ValidationFailed",
+]
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status, a stable code and the contract's envelope."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        details: Sequence[dict[str, Any]] | None = None,
+        provider_code: str | None = None,
+        provider_error: dict[str, Any] | None = None,
+        retry_after_seconds: float | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.details = list(details) if details is not None else None
+        self.provider_code = provider_code
+        self.provider_error = provider_error
+        self.retry_after_seconds = retry_after_seconds
+        self.headers = list(headers)
+
+    def error_object(self) -> dict[str, Any]:
+        """The inner ``error`` object of the envelope."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        optional = (
+            ("param", self.param),
+            ("details", self.details),
+            ("provider_code", self.provider_code),
+            ("provider_error", self.provider_error),
+            ("retry_after_seconds", self.retry_after_seconds),
+        )
+        error.update((key, value) for key, value in optional if value is not None)
+        return error
+
+    def envelope(self, request_id: str) -> bytes:
+        """The whole JSON body."""
+        return json.dumps({"error": self.error_object(), "request_id": request_id}).encode()
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers this error adds to the response (``Retry-After``, ``Allow``...)."""
+        headers = list(self.headers)
+        if self.retry_after_seconds is not None:
+            headers.append((b"retry-after", str(max(0, round(self.retry_after_seconds))).encode()))
+        return headers
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidJSON(GatewayError):
+    status = 400
+    code = "invalid_json"
+
+
+class ContentPolicyViolation(GatewayError):
+    status = 400
+    code = "content_policy_violation"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: Sequence[str]) -> None:
+        allow = ", ".join(allowed)
+        super().__init__(
+            f"Method {method} is not allowed here; use {allow}.",
+            headers=[(b"allow", allow.encode())],
+        )
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(GatewayError):
+    status = 422
+    code = "validation_error"
+
+
+class UpstreamRateLimited(GatewayError):
+    status = 429
+    code = "upstream_rate_limit_error"
+
+
+class NotImplementedByGateway(GatewayError):
+    status = 501
+    code = "not_implemented"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamAuthError(GatewayError):
+    status = 502
+    code = "upstream_auth_error"
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+    code = "gateway_timeout"

@@ -1,0 +1,20 @@
+"""The standalone app, for ``uvicorn mesh_images_asgi.main:app``.
+
+Settings come from the environment and ``MESH_IMAGES_CONFIG``; ``GET /healthz`` is served.
+``create_app`` is the factory form: ``uvicorn --factory mesh_images_asgi.main:create_app``.
+"""
+
+from __future__ import annotations
+
+from .app import ImagesApp
+from .config import Settings
+
+__all__ = ["app", "create_app"]
+
+
+def create_app(settings: Settings | None = None) -> ImagesApp:
+    """A standalone ``ImagesApp`` (with ``/healthz``)."""
+    return ImagesApp(settings, health=True)
+
+
+app = create_app()

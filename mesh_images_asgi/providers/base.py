@@ -1,0 +1,89 @@
+"""The one interface every upstream implements, and the plain data it exchanges.
+
+Providers know nothing of ASGI, HTTP responses to our client, or SSE: they take a validated
+``GenerationJob`` and return a ``ProviderResult`` (raising ``GatewayError`` subclasses on
+failure). A provider that streams natively hands partial images to ``on_partial`` as they come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..catalog import ModelEntry
+from ..schemas import ImageRequest
+
+__all__ = [
+    "GeneratedImage",
+    "GenerationJob",
+    "PartialImage",
+    "PartialSink",
+    "Provider",
+    "ProviderResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationJob:
+    """A request checked against its model, with the values the gateway resolved for it."""
+
+    entry: ModelEntry
+    request: ImageRequest
+    size: str | None
+    """Concrete ``WxH``, ``"auto"``, or None (no size sent and the model has no default)."""
+    output_format: str
+    """The format the images will be in (the request's, or the model's first)."""
+
+    @property
+    def extra_fields(self) -> dict[str, Any]:
+        return self.request.extra_fields()
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One finished image: base64 data or an upstream URL."""
+
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartialImage:
+    """A partial image of a natively streaming upstream."""
+
+    b64_json: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResult:
+    """What the upstream returned, normalized; optional fields stay None unless it returned them."""
+
+    images: list[GeneratedImage]
+    created: int
+    output_format: str | None = None
+    background: str | None = None
+    quality: str | None = None
+    size: str | None = None
+    usage: dict[str, Any] | None = field(default=None)
+
+
+PartialSink = Callable[[PartialImage], Awaitable[None]]
+
+
+class Provider(Protocol):
+    """An upstream that generates images."""
+
+    name: str
+
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
+        """Generate ``job.request.n`` images; raise ``GatewayError`` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the provider holds (connections, token caches)."""
+        ...

@@ -1,0 +1,136 @@
+"""The embedded offline renderer: real images drawn with Pillow, no network, no keys.
+
+Each image is an abstract composition (a gradient, shapes, the prompt's words) seeded from the
+prompt, the seed and the image's index, so it is deterministic for the same inputs and visibly
+different across prompts. Rendering runs in a worker thread; the simulated latency tops the whole
+generation up to ``latency`` seconds, whatever ``n`` is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import random
+import textwrap
+import time
+
+import anyio
+import anyio.to_thread
+from PIL import Image, ImageDraw, ImageFont
+
+from ..catalog import parse_wxh
+from .base import GeneratedImage, GenerationJob, PartialSink, ProviderResult
+
+__all__ = ["LocalProvider", "render_image"]
+
+_SHAPES = {"low": 8, "medium": 18, "standard": 18, "auto": 18, "high": 32, "hd": 32}
+_PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _color(rng: random.Random, alpha: int) -> tuple[int, int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256), alpha)
+
+
+def render_image(
+    prompt: str,
+    *,
+    seed: int | None,
+    index: int,
+    width: int,
+    height: int,
+    output_format: str,
+    quality: str = "auto",
+    transparent: bool = False,
+    compression: int | None = None,
+) -> bytes:
+    """Render one image and return it encoded in ``output_format``."""
+    digest = hashlib.sha256(f"{prompt}\x00{seed}\x00{index}".encode()).digest()
+    rng = random.Random(digest)
+    if transparent:
+        image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    else:
+        top, bottom = _color(rng, 255), _color(rng, 255)
+        ramp = Image.new("RGBA", (1, 2))
+        ramp.putdata([top, bottom])
+        image = ramp.resize((width, height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image, "RGBA")
+    unit = min(width, height)
+    for _ in range(_SHAPES.get(quality, 18)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(unit // 16 + 1, unit // 3 + 2)
+        box = (x - r, y - r, x + r, y + r)
+        kind = rng.randrange(3)
+        fill = _color(rng, rng.randrange(120, 230))
+        if kind == 0:
+            draw.ellipse(box, fill=fill)
+        elif kind == 1:
+            draw.rectangle(box, fill=fill)
+        else:
+            points = [(rng.randrange(width), rng.randrange(height)) for _ in range(3)]
+            draw.polygon(points, fill=fill)
+    font = ImageFont.load_default(size=max(10, unit // 20))
+    text = "\n".join(textwrap.wrap(prompt, width=max(8, width // max(6, unit // 40)))[:4])
+    margin = unit // 20
+    draw.multiline_text((margin + 2, margin + 2), text, font=font, fill=(0, 0, 0, 200))
+    draw.multiline_text((margin, margin), text, font=font, fill=(255, 255, 255, 255))
+    if output_format == "jpeg":
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    options: dict[str, int] = {}
+    if output_format in ("jpeg", "webp"):
+        options["quality"] = 90 if compression is None else compression
+    else:
+        options["compress_level"] = 1 if quality == "low" else 6
+    image.save(buffer, _PIL_FORMAT[output_format], **options)
+    return buffer.getvalue()
+
+
+class LocalProvider:
+    """``local/*`` models: the renderer above, with a simulated latency."""
+
+    name = "local"
+
+    def __init__(self, latency: float = 2.0) -> None:
+        self.latency = latency
+
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
+        started = time.monotonic()
+        request = job.request
+        size = job.size if job.size not in (None, "auto") else job.entry.default_size
+        width, height = parse_wxh(size or "1024x1024") or (1024, 1024)
+        quality = request.quality if request.quality not in (None, "auto") else "medium"
+        transparent = request.background == "transparent"
+
+        def render(index: int) -> GeneratedImage:
+            data = render_image(
+                request.prompt,
+                seed=request.seed,
+                index=index,
+                width=width,
+                height=height,
+                output_format=job.output_format,
+                quality=quality,
+                transparent=transparent,
+                compression=request.output_compression,
+            )
+            return GeneratedImage(b64_json=base64.b64encode(data).decode("ascii"))
+
+        # One worker-thread call per image: a cancellation waits for at most one render.
+        images = [await anyio.to_thread.run_sync(render, index) for index in range(request.n)]
+        remaining = self.latency - (time.monotonic() - started)
+        if remaining > 0:
+            await anyio.sleep(remaining)
+        return ProviderResult(
+            images=images,
+            created=int(time.time()),
+            output_format=job.output_format,
+            background="transparent" if transparent else "opaque",
+            quality=quality,
+            size=f"{width}x{height}",
+        )
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,94 @@
+"""The request schema of ``POST /v1/images/generations``.
+
+The schema checks shape and ranges only (422 when violated); what a particular model can do is
+checked against its catalog entry afterwards (400). Validation is strict: ``"2"`` is not ``2`` and
+``1`` is not ``true``. Unknown top-level fields are kept in ``model_extra`` for upstreams that
+take them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidJSON, ValidationFailed
+
+__all__ = ["OPTIONAL_PARAMS", "ImageRequest", "parse_request"]
+
+SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4}|[1-9][0-9]?:[1-9][0-9]?)$"
+
+
+class ImageRequest(BaseModel):
+    """One image generation request, as the client sent it."""
+
+    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
+
+    prompt: str = Field(min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    n: int = Field(default=1, ge=1, le=10)
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN)
+    quality: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+    response_format: Literal["url", "b64_json"] = "url"
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    seed: int | None = Field(default=None, ge=-1, le=2147483647)
+    user: str | None = Field(default=None, max_length=256)
+    stream: bool = False
+    # Fields of the Mesh API reference and SDK that only some providers take.
+    aspect_ratio: str | None = Field(default=None, pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")
+    resolution: str | None = Field(default=None, max_length=16)
+    image: str | list[str] | None = None
+    sequential_image_generation: Literal["auto", "disabled"] | None = None
+    sequential_image_generation_options: dict[str, Any] | None = None
+    guidance_scale: float | None = Field(default=None, ge=1, le=10)
+    watermark: bool | None = None
+    optimize_prompt_options: dict[str, Any] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain non-whitespace text")
+        return value
+
+    def extra_fields(self) -> dict[str, Any]:
+        """Top-level fields the schema does not know, as sent."""
+        return dict(self.model_extra or {})
+
+
+# Fields a model must declare in its catalog ``params`` to accept them (when they are set).
+OPTIONAL_PARAMS: tuple[str, ...] = (
+    "output_compression",
+    "background",
+    "moderation",
+    "partial_images",
+    "seed",
+    "user",
+    "aspect_ratio",
+    "resolution",
+    "image",
+    "sequential_image_generation",
+    "sequential_image_generation_options",
+    "guidance_scale",
+    "watermark",
+    "optimize_prompt_options",
+)
+
+
+def parse_request(body: bytes) -> ImageRequest:
+    """Parse and validate a request body: 400 ``invalid_json`` or 422 ``validation_error``."""
+    try:
+        return ImageRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            raise InvalidJSON("Request body is not valid JSON.") from None
+        details = [
+            {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            for error in errors
+        ]
+        raise ValidationFailed("Request validation failed.", details=details) from None
