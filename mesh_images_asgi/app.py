@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
+
 from ._asgi import Receive, Scope, Send, get_header, route_path, send_bytes
 from .body import ClientDisconnected, check_body_headers, read_body
 from .catalog import Catalog, load_catalog
@@ -26,6 +28,8 @@ from .request_id import request_id_from_header
 from .responses import images_response
 from .schemas import parse_request
 from .service import ImageService
+from .sse import stream_generation
+from .upstream import create_upstream_client
 
 __all__ = ["GENERATIONS_PATH", "MODELS_PATH", "ImagesApp"]
 
@@ -80,6 +84,8 @@ class ImagesApp:
     * **settings** - a ``Settings``; by default read from the environment and config file.
     * **providers** - replace the providers the settings would enable (tests, custom upstreams).
     * **catalog** - replace the model catalog.
+    * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
+      one is created (over a fast aiohttp transport) and closed with the app.
     * **health** - also serve ``GET /healthz`` (the standalone server does).
 
     Resources are created at lifespan startup, or on first use when the host runs no lifespan,
@@ -92,12 +98,15 @@ class ImagesApp:
         *,
         providers: Mapping[str, Provider] | None = None,
         catalog: Catalog | None = None,
+        http_client: httpx.AsyncClient | None = None,
         health: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         self._providers = providers
         self._catalog = catalog
         self._service: ImageService | None = None
+        self._http_client = http_client
+        self._owned_client: httpx.AsyncClient | None = None
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
@@ -117,9 +126,12 @@ class ImagesApp:
             catalog = (
                 self._catalog if self._catalog is not None else load_catalog(self.settings.models)
             )
-            providers = (
-                self._providers if self._providers is not None else build_providers(self.settings)
-            )
+            providers = self._providers
+            if providers is None:
+                client = self._http_client
+                if client is None:
+                    client = self._owned_client = create_upstream_client(self.settings)
+                providers = build_providers(self.settings, client)
             self._service = ImageService(self.settings, catalog, providers)
             self._service.log_enabled()
         return self._service
@@ -127,8 +139,11 @@ class ImagesApp:
     async def aclose(self) -> None:
         """Release the providers' resources; the app can be used again afterwards."""
         service, self._service = self._service, None
+        client, self._owned_client = self._owned_client, None
         if service is not None:
             await service.aclose()
+        if client is not None:
+            await client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -164,8 +179,6 @@ class ImagesApp:
         service = self.service
         job = service.prepare(request)
         if request.stream:
-            from .sse import stream_generation
-
             await stream_generation(service, job, receive, send, request_id, self.settings)
             return
         result = await call_until_disconnect(receive, lambda: service.generate(job))

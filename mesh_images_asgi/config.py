@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     """Seconds one write to a stream may take before the client counts as stalled."""
     upstream_timeout: float = Field(default=300.0, gt=0)
     """Deadline in seconds for one generation upstream."""
+    connect_timeout: float = Field(default=5.0, gt=0)
+    """Seconds to connect to an upstream."""
+    max_upstream_connections: int = Field(default=256, ge=1)
+    """Connections the shared upstream client may open (all providers together)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     """Largest request body accepted (413 past it)."""
     local_latency: float = Field(default=2.0, ge=0)
