@@ -27,6 +27,7 @@ appear only when set. Messages never carry secrets, stack traces or image data.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -84,7 +85,7 @@ class GatewayError(Exception):
             ("details", self.details),
             ("provider_code", self.provider_code),
             ("provider_error", self.provider_error),
-            ("retry_after_seconds", self.retry_after_seconds),
+            ("retry_after_seconds", self._retry_after()),
         )
         error.update((key, value) for key, value in optional if value is not None)
         return error
@@ -93,11 +94,18 @@ class GatewayError(Exception):
         """The whole JSON body."""
         return json.dumps({"error": self.error_object(), "request_id": request_id}).encode()
 
+    def _retry_after(self) -> int | None:
+        """Whole seconds, rounded up: ``Retry-After`` takes integers, and so do clients."""
+        if self.retry_after_seconds is None:
+            return None
+        return max(0, math.ceil(self.retry_after_seconds))
+
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers this error adds to the response (``Retry-After``, ``Allow``...)."""
         headers = list(self.headers)
-        if self.retry_after_seconds is not None:
-            headers.append((b"retry-after", str(max(0, round(self.retry_after_seconds))).encode()))
+        retry_after = self._retry_after()
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
         return headers
 
 

@@ -50,8 +50,8 @@ def render_image(
     if transparent:
         image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     else:
-        top, bottom = _color(rng, 255), _color(rng, 255)
-        ramp = Image.new("RGBA", (1, 2))
+        top, bottom = _color(rng, 255)[:3], _color(rng, 255)[:3]
+        ramp = Image.new("RGB", (1, 2))  # RGB: shapes blend onto it and it stays opaque
         ramp.putdata([top, bottom])
         image = ramp.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image, "RGBA")
@@ -74,8 +74,6 @@ def render_image(
     margin = unit // 20
     draw.multiline_text((margin + 2, margin + 2), text, font=font, fill=(0, 0, 0, 200))
     draw.multiline_text((margin, margin), text, font=font, fill=(255, 255, 255, 255))
-    if output_format == "jpeg":
-        image = image.convert("RGB")
     buffer = io.BytesIO()
     options: dict[str, int] = {}
     if output_format in ("jpeg", "webp"):
