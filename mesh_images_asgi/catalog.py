@@ -80,6 +80,8 @@ class ModelEntry(BaseModel):
     params: tuple[str, ...] = ()
     accepts_extra_fields: bool = False
     native_streaming: bool = False
+    b64_json_only: bool = False
+    """Answer ``b64_json`` whatever ``response_format`` says (Vertex AI, as Mesh does)."""
     max_prompt_chars: int | None = Field(default=None, ge=1)
     price_per_image: float | None = Field(default=None, ge=0)
     upstream_timeout: float | None = Field(default=None, gt=0)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     google_cloud_location: str | None = _alias("GOOGLE_CLOUD_LOCATION")
     vertex_base_url: str | None = None
     """Override of the Vertex AI endpoint (``MESH_IMAGES_VERTEX_BASE_URL``)."""
+    vertex_api_key: SecretStr | None = None
+    """Vertex AI API key, "express mode" (``MESH_IMAGES_VERTEX_API_KEY``): sent as
+    ``x-goog-api-key`` instead of an OAuth2 token from service-account or default credentials."""
 
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Catalog entries to add or override, from the TOML file's ``[models."id"]`` tables."""

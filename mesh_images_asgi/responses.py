@@ -11,7 +11,8 @@ __all__ = ["image_items", "images_response"]
 
 def _item(image: GeneratedImage, job: GenerationJob, fmt: str) -> dict[str, Any]:
     item: dict[str, Any]
-    if job.request.response_format == "b64_json" and image.b64_json is not None:
+    wants_b64 = job.request.response_format == "b64_json" or job.entry.b64_json_only
+    if wants_b64 and image.b64_json is not None:
         item = {"b64_json": image.b64_json}
     elif image.b64_json is not None:
         item = {"url": f"data:image/{fmt};base64,{image.b64_json}"}

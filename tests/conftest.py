@@ -22,6 +22,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "MESH_IMAGES_CONFIG",
         "MESH_IMAGES_DEFAULT_MODEL",
         "MESH_IMAGES_VERTEX_BASE_URL",
+        "MESH_IMAGES_VERTEX_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MESH_IMAGES_LOCAL_LATENCY", "0")

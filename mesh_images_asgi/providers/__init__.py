@@ -7,6 +7,8 @@ import httpx
 from ..config import Settings
 from .base import Provider
 from .local import LocalProvider
+from .openai import OpenAIProvider
+from .vertex import vertex_provider
 
 __all__ = ["build_providers"]
 
@@ -14,4 +16,16 @@ __all__ = ["build_providers"]
 def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
     """The providers these settings enable (``local`` always is), sharing one upstream client."""
     providers: dict[str, Provider] = {"local": LocalProvider(latency=settings.local_latency)}
+    openai_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    if openai_key:
+        providers["openai"] = OpenAIProvider(
+            client,
+            api_key=openai_key,
+            base_url=settings.openai_base_url,
+            organization=settings.openai_org_id,
+            project=settings.openai_project_id,
+        )
+    vertex = vertex_provider(settings, client)
+    if vertex is not None:
+        providers["vertex"] = vertex
     return providers

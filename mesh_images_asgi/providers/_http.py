@@ -1,14 +1,20 @@
-"""What every HTTP upstream shares: one JSON POST, and the mapping of failures to our errors.
+"""What every HTTP upstream shares: one JSON POST, SSE reading, and the mapping of failures.
 
-    transport failure                     -> 502 upstream_error / connection_error
-    read/write/pool timeout               -> 504 gateway_timeout / provider_timeout
-    truncated body, non-JSON 2xx body     -> 502 upstream_error / bad_response
-    401, 403                              -> 502 upstream_auth_error
-    429                                   -> 429 upstream_rate_limit_error (+ Retry-After)
-    500, 502, 504 ... / 503, 529          -> 502 upstream_error / internal_provider_error,
-                                                                    provider_overloaded
-    404                                   -> 502 upstream_error / model_not_found
-    other 4xx                             -> 400 invalid_request (provider_code, provider_error)
+    transport failure before the answer's headers -> 502 upstream_error / connection_error
+    transport failure while reading the answer    -> 502 upstream_error / bad_response
+    read/write/pool timeout                       -> 504 gateway_timeout / provider_timeout
+    non-JSON 2xx body                             -> 502 upstream_error / bad_response
+    401, 403                                      -> 502 upstream_auth_error
+    429                                           -> 429 upstream_rate_limit_error (+ Retry-After)
+    500, 502, 504 ... / 503, 529                  -> 502 upstream_error / internal_provider_error,
+                                                                            provider_overloaded
+    404                                           -> 502 upstream_error / model_not_found
+    other 4xx                                     -> 400 invalid_request (provider_code, param,
+                                                                          provider_error)
+
+The phase, not the exception class, tells a connect failure from a broken answer: httpx-aiohttp
+reports every dropped connection (``ServerDisconnectedError``) as ``httpx.ConnectTimeout``, and
+plain httpx reports a peer that closed before answering as ``RemoteProtocolError``.
 
 Providers decide what a 4xx *means* first (a moderation refusal is a content-policy error, not a
 bad request) and call ``error_for_status`` for everything else.
@@ -19,9 +25,12 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 from ..errors import (
@@ -35,12 +44,18 @@ from ..errors import (
 from ..redact import redact
 
 __all__ = [
+    "ServerSentEvent",
     "bad_response",
     "error_for_status",
+    "open_response",
     "parse_json_object",
+    "read_body",
+    "redact_object",
     "retry_after_seconds",
     "send_json",
+    "sse_events",
     "transport_error",
+    "upstream_error_object",
 ]
 
 
@@ -68,13 +83,18 @@ def bad_response(provider: str, why: str) -> UpstreamError:
     )
 
 
-def transport_error(provider: str, exc: httpx.TransportError) -> GatewayError:
-    """Map an httpx transport exception (any transport) to our error."""
+def transport_error(
+    provider: str, exc: httpx.TransportError, *, reading: bool = False
+) -> GatewayError:
+    """Map an httpx transport exception (any transport) to our error.
+
+    ``reading`` says the answer's headers had arrived when it was raised.
+    """
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return GatewayTimeout(
             f"{provider} did not answer in time.", provider_code="provider_timeout"
         )
-    if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+    if reading:
         return bad_response(provider, "the connection broke while reading the answer")
     return UpstreamError(f"Could not reach {provider}.", provider_code="connection_error")
 
@@ -86,6 +106,7 @@ def error_for_status(
     *,
     provider_code: str | None = None,
     provider_error: dict[str, Any] | None = None,
+    param: str | None = None,
     retry_after: float | None = None,
 ) -> GatewayError:
     """The error for a non-2xx upstream answer that has no provider-specific meaning."""
@@ -108,10 +129,12 @@ def error_for_status(
         return UpstreamError(text, provider_code=code)
     if status == 404:
         return UpstreamError(text, provider_code="model_not_found")
-    return InvalidRequest(text, provider_code=provider_code, provider_error=provider_error)
+    return InvalidRequest(
+        text, param=param, provider_code=provider_code, provider_error=provider_error
+    )
 
 
-def parse_json_object(provider: str, content: bytes) -> dict[str, Any]:
+def parse_json_object(provider: str, content: bytes | str) -> dict[str, Any]:
     """A JSON object body, or ``bad_response``."""
     try:
         data = json.loads(content)
@@ -122,6 +145,65 @@ def parse_json_object(provider: str, content: bytes) -> dict[str, Any]:
     return data
 
 
+def redact_object(value: Any) -> Any:
+    """``value`` (decoded JSON) with every string passed through ``redact``."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_object(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_object(item) for item in value]
+    return value
+
+
+def upstream_error_object(content: bytes) -> dict[str, Any]:
+    """The ``error`` object of an error body, credentials redacted; ``{}`` when there is none."""
+    try:
+        data = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return redact_object(error) if isinstance(error, dict) else {}
+
+
+@asynccontextmanager
+async def open_response(
+    client: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str],
+) -> AsyncIterator[httpx.Response]:
+    """POST ``payload`` as JSON; the response as soon as its headers arrive, body unread.
+
+    The response is closed on exit, also when the task is cancelled: closing an unread answer
+    drops the connection, which is how the upstream learns that nobody waits for it any more.
+    """
+    request = client.build_request(
+        "POST",
+        url,
+        content=json.dumps(payload).encode(),
+        headers={"content-type": "application/json", **headers},
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TransportError as exc:
+        raise transport_error(provider, exc) from None
+    try:
+        yield response
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await response.aclose()
+
+
+async def read_body(provider: str, response: httpx.Response) -> bytes:
+    """The whole body of an open response; a broken transfer is ``bad_response``."""
+    try:
+        return await response.aread()
+    except httpx.TransportError as exc:
+        raise transport_error(provider, exc, reading=True) from None
+
+
 async def send_json(
     client: httpx.AsyncClient,
     provider: str,
@@ -130,11 +212,36 @@ async def send_json(
     headers: Mapping[str, str],
 ) -> httpx.Response:
     """POST ``payload`` as JSON and read the whole answer; transport failures become our errors."""
+    async with open_response(client, provider, url, payload, headers) as response:
+        await read_body(provider, response)
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One event of a ``text/event-stream``: its ``event:`` name and joined ``data:`` lines."""
+
+    event: str | None
+    data: str
+
+
+async def sse_events(
+    provider: str, response: httpx.Response
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The events of an open streaming response, comments skipped; close it with ``aclosing``."""
+    name: str | None = None
+    data: list[str] = []
     try:
-        return await client.post(
-            url,
-            content=json.dumps(payload).encode(),
-            headers={"content-type": "application/json", **headers},
-        )
+        async for line in response.aiter_lines():
+            if line:
+                field, _, value = line.partition(":")
+                if field == "event":
+                    name = value.removeprefix(" ")
+                elif field == "data":
+                    data.append(value.removeprefix(" "))
+                continue
+            if data:
+                yield ServerSentEvent(name, "\n".join(data))
+            name, data = None, []
     except httpx.TransportError as exc:
-        raise transport_error(provider, exc) from None
+        raise transport_error(provider, exc, reading=True) from None
