@@ -7,11 +7,15 @@ Paths are matched below the mount point (``root_path``), as Starlette routes the
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+
+import httpx
 
 from ._asgi import ASGIApp, Receive, Scope, Send, route_path
 from .app import MODELS_PATH, ImagesApp
+from .catalog import Catalog
 from .config import Settings
+from .providers.base import Provider
 
 __all__ = ["ImagesMiddleware"]
 
@@ -27,8 +31,8 @@ class ImagesMiddleware:
     **Parameters:**
 
     * **app** - the host application.
-    * **settings** - as for ``ImagesApp``; other keyword arguments go to ``ImagesApp`` too.
     * **serve_models** - also answer ``GET /v1/models`` (turn off if the host has its own).
+    * **settings**, **providers**, **catalog**, **http_client** - as for ``ImagesApp``.
     """
 
     def __init__(
@@ -37,10 +41,14 @@ class ImagesMiddleware:
         settings: Settings | None = None,
         *,
         serve_models: bool = True,
-        **options: Any,
+        providers: Mapping[str, Provider] | None = None,
+        catalog: Catalog | None = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.app = app
-        self.images = ImagesApp(settings, **options)
+        self.images = ImagesApp(
+            settings, providers=providers, catalog=catalog, http_client=http_client
+        )
         self._paths = self.images.paths if serve_models else self.images.paths - {MODELS_PATH}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,17 +1,22 @@
 """The stream writer for ``"stream": true``: raw ASGI sends, idle pings, one writer.
 
-Three tasks per stream, and only one of them ever calls ``send``::
+Four tasks per stream, and only one of them ever calls ``send``::
 
-    producer  -- runs the generation; puts partial chunks, then the final chunk (or an error
-                 event) on a small memory stream
-    writer    -- this coroutine: takes frames off the stream and sends them; after
-                 ``keepalive_interval`` seconds without a write it sends ``: ping``
-    listener  -- the only caller of ``receive``: on ``http.disconnect`` it cancels everything
+    producer   -- runs the generation; puts partial chunks, then the final chunk (or an error
+                  event) on a small memory stream
+    keepalive  -- sleeps until ``keepalive_interval`` s have passed since the last write, then
+                  puts ``: ping`` on the same stream; it is also the watchdog that ends the stream
+                  when one ``send`` has taken longer than ``send_timeout``
+    writer     -- this coroutine: the only caller of ``send``; writes frames in order
+    listener   -- the only caller of ``receive``: on ``http.disconnect`` it cancels everything
 
-Every ``send`` is bounded by ``send_timeout``: a reader that stops reading ends the request (and
-the upstream call) instead of pinning it. The stream always ends with ``data: [DONE]`` and
-``more_body: False`` (written under a shielded scope, also after an error, a send timeout or a
-server-side cancellation) unless the client is gone, in which case nothing more is written.
+Timeouts are plain sleeps, not cancel scopes around every receive and send: a cancellation per
+ping costs several times the ping itself, and thousands of streams ping at once.
+
+A reader that stops reading ends the request (and the upstream call) after ``send_timeout``
+instead of pinning it. The stream always ends with ``data: [DONE]`` and ``more_body: False``
+(written under a shielded scope, also after an error, a send timeout or a server-side
+cancellation) unless the client is gone, in which case nothing more is written.
 Deliberate divergence from sse-starlette: pings are comments ``: ping`` with no timestamp, timed
 from the last write (not from the last ping), as FastAPI's writer does.
 """
@@ -28,23 +33,19 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._asgi import Message, Receive, Send
+from ._asgi import Receive, Send
 from .config import Settings
 from .errors import GatewayError
 from .providers.base import GeneratedImage, GenerationJob, PartialImage
 from .responses import OPTIONAL_FIELDS, image_items
 from .service import ImageService
 
-__all__ = ["DONE", "PING", "SendTimeout", "event", "stream_generation"]
+__all__ = ["DONE", "PING", "event", "stream_generation"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
-
-
-class SendTimeout(Exception):
-    """A ``send`` did not complete within ``send_timeout``: the client stopped reading."""
 
 
 def event(payload: dict[str, Any]) -> bytes:
@@ -53,23 +54,68 @@ def event(payload: dict[str, Any]) -> bytes:
 
 
 class _Writer:
-    """Sends frames with a timeout and remembers whether the response is finished."""
+    """The one caller of ``send``; it records when it last wrote and whether a send is stuck."""
 
-    def __init__(self, send: Send, timeout: float) -> None:
+    def __init__(self, send: Send) -> None:
         self._send = send
-        self._timeout = timeout
+        self.last_write = anyio.current_time()
+        self.busy_since: float | None = None
         self.closed = False
 
-    async def __call__(self, message: Message) -> None:
-        with anyio.move_on_after(self._timeout) as scope:
-            await self._send(message)
-        if scope.cancelled_caught:
-            raise SendTimeout
-
     async def body(self, data: bytes, more: bool = True) -> None:
-        await self({"type": "http.response.body", "body": data, "more_body": more})
-        if not more:
-            self.closed = True
+        self.busy_since = anyio.current_time()
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+        self.busy_since = None
+        self.last_write = anyio.current_time()
+        self.closed = not more
+
+    async def start(self, request_id: str) -> None:
+        self.busy_since = anyio.current_time()
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
+        self.busy_since = None
+
+
+class _Keepalive:
+    """Pings on idle, and the send-timeout watchdog."""
+
+    def __init__(self, writer: _Writer, interval: float, send_timeout: float) -> None:
+        self.writer = writer
+        self.interval = interval
+        self.send_timeout = send_timeout
+        self.finishing = False
+        self.stalled = False
+
+    async def run(self, frames: MemoryObjectSendStream[bytes], scope: anyio.CancelScope) -> None:
+        writer = self.writer
+        while True:
+            now = anyio.current_time()
+            if writer.busy_since is not None:
+                if now - writer.busy_since >= self.send_timeout:
+                    self.stalled = True
+                    scope.cancel()
+                    return
+                wake = writer.busy_since + self.send_timeout
+            elif now - writer.last_write >= self.interval:
+                if self.finishing:
+                    return
+                with contextlib.suppress(anyio.WouldBlock):
+                    frames.send_nowait(PING)
+                writer.last_write = now  # queued: the next one is due an interval from now
+                wake = now + self.interval
+            else:
+                wake = writer.last_write + self.interval
+            await anyio.sleep(wake - now)
 
 
 async def stream_generation(
@@ -87,7 +133,8 @@ async def stream_generation(
         "created": int(time.time()),
         "model": job.entry.id,
     }
-    write = _Writer(send, settings.send_timeout)
+    writer = _Writer(send)
+    keepalive = _Keepalive(writer, settings.keepalive_interval, settings.send_timeout)
     disconnected = False
     frames_in, frames_out = anyio.create_memory_object_stream[bytes](max_buffer_size=4)
 
@@ -103,19 +150,20 @@ async def stream_generation(
                 wants_partials = bool(job.request.partial_images)
                 result = await service.generate(job, on_partial if wants_partials else None)
                 items = image_items(job, result.images, result.output_format)
-                final: dict[str, Any] = {**base, "data": items}
-                final["status"] = "completed"
+                final: dict[str, Any] = {**base, "data": items, "status": "completed"}
                 for key in OPTIONAL_FIELDS:
                     value = getattr(result, key)
                     if value is not None:
                         final[key] = value
-                await frames.send(event(final))
+                last = event(final)
             except GatewayError as error:
-                await frames.send(event({"error": error.error_object(), "request_id": request_id}))
+                last = event({"error": error.error_object(), "request_id": request_id})
             except Exception:
                 logger.exception("mesh-images: stream %s failed", request_id)
                 error_object = {"code": "internal_error", "message": "Internal error."}
-                await frames.send(event({"error": error_object, "request_id": request_id}))
+                last = event({"error": error_object, "request_id": request_id})
+            keepalive.finishing = True
+            await frames.send(last)
 
     async def listen() -> None:
         nonlocal disconnected
@@ -125,40 +173,23 @@ async def stream_generation(
         group.cancel_scope.cancel()
 
     try:
-        await write(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
-        await write.body(event({**base, "data": [], "status": "processing"}))
-        failure: Exception | None = None
         async with anyio.create_task_group() as group:
             group.start_soon(listen)
             group.start_soon(produce, frames_in)
+            group.start_soon(keepalive.run, frames_in, group.cancel_scope)
             try:
-                await _pump(frames_out, write, settings.keepalive_interval)
-            except (OSError, SendTimeout) as exc:
-                failure = exc
+                await writer.start(request_id)
+                await writer.body(event({**base, "data": [], "status": "processing"}))
+                await _pump(frames_out, writer)
+            except OSError:
+                disconnected = True  # servers implementing ASGI 2.4 raise on send to a gone client
             group.cancel_scope.cancel()
-        if isinstance(failure, OSError):
-            disconnected = True  # servers implementing ASGI 2.4 raise on send to a gone client
-        elif failure is not None:
+        if keepalive.stalled:
             logger.warning("mesh-images: stream %s ended: the client stopped reading", request_id)
-    except OSError:
-        disconnected = True
-    except SendTimeout:
-        logger.warning("mesh-images: stream %s ended: the client stopped reading", request_id)
     finally:
         frames_in.close()
         frames_out.close()
-        if not disconnected and not write.closed:
+        if not disconnected and not writer.closed:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(1.0),
@@ -167,15 +198,9 @@ async def stream_generation(
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
 
 
-async def _pump(frames: MemoryObjectReceiveStream[bytes], write: _Writer, interval: float) -> None:
-    """Write frames as they come, a ping after ``interval`` s of silence, then ``[DONE]``."""
+async def _pump(frames: MemoryObjectReceiveStream[bytes], writer: _Writer) -> None:
+    """Write frames in order until the producer is done, then ``[DONE]``."""
     async with frames:
-        while True:
-            frame = PING
-            with anyio.move_on_after(interval):
-                try:
-                    frame = await frames.receive()
-                except anyio.EndOfStream:
-                    break
-            await write.body(frame)
-    await write.body(DONE, more=False)
+        async for frame in frames:
+            await writer.body(frame)
+    await writer.body(DONE, more=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -25,7 +26,8 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
     payload = response.json()
     assert set(payload) == {"error", "request_id"}
     assert payload["error"]["code"] == code
-    assert isinstance(payload["error"]["message"], str) and payload["error"]["message"]
+    assert isinstance(payload["error"]["message"], str)
+    assert payload["error"]["message"]
     assert payload["request_id"] == response.headers["x-request-id"]
     error: dict[str, Any] = payload["error"]
     return error
@@ -34,17 +36,26 @@ def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[st
 @pytest.mark.anyio
 async def test_generation_returns_data_urls_by_default_and_b64_when_asked() -> None:
     async with app_client() as client:
-        as_url = await client.post(GEN, json={"model": "local/sketch", "prompt": "fox", "n": 2,
-                                              "size": "128x64"})
-        as_b64 = await client.post(GEN, json={"model": "local/default", "prompt": "fox",
-                                              "size": "64x64", "output_format": "webp",
-                                              "response_format": "b64_json"})
+        as_url = await client.post(
+            GEN, json={"model": "local/sketch", "prompt": "fox", "n": 2, "size": "128x64"}
+        )
+        as_b64 = await client.post(
+            GEN,
+            json={
+                "model": "local/default",
+                "prompt": "fox",
+                "size": "64x64",
+                "output_format": "webp",
+                "response_format": "b64_json",
+            },
+        )
     assert as_url.status_code == 200
     body = as_url.json()
     assert set(body) == {"created", "data", "background", "output_format", "quality", "size"}
     assert [item["url"][:22] for item in body["data"]] == ["data:image/png;base64,"] * 2
     assert decode_item(body["data"][0]).size == (128, 64)
-    assert body["size"] == "128x64" and body["output_format"] == "png"
+    assert body["size"] == "128x64"
+    assert body["output_format"] == "png"
     item = as_b64.json()["data"][0]
     assert set(item) == {"b64_json"}
     assert decode_item(item).format == "WEBP"
@@ -125,7 +136,9 @@ async def test_body_over_the_limit_is_413_declared_or_chunked() -> None:
 
     async with app_client(max_body_bytes=1000) as client:
         declared = await client.post(GEN, content=big, headers={"content-type": "application/json"})
-        chunked = await client.post(GEN, content=chunks(), headers={"content-type": "application/json"})
+        chunked = await client.post(
+            GEN, content=chunks(), headers={"content-type": "application/json"}
+        )
     assert_envelope(declared, 413, "request_too_large")
     assert_envelope(chunked, 413, "request_too_large")
 
@@ -188,8 +201,9 @@ async def test_healthz() -> None:
         assert (await c.get("/healthz")).status_code == 404  # only the standalone app has it
 
 
-def _scope(path: str = GEN, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
-           ) -> dict[str, Any]:
+def _scope(
+    path: str = GEN, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -206,10 +220,12 @@ def _scope(path: str = GEN, method: str = "POST", headers: list[tuple[bytes, byt
 @pytest.mark.anyio
 async def test_client_that_disconnects_while_sending_its_body_is_dropped_quietly() -> None:
     app = ImagesApp(Settings(local_latency=0))
-    messages = iter([
-        {"type": "http.request", "body": b'{"prompt": ', "more_body": True},
-        {"type": "http.disconnect"},
-    ])
+    messages: Iterator[Message] = iter(
+        [
+            {"type": "http.request", "body": b'{"prompt": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -229,8 +245,9 @@ class _SlowProvider:
         self.started = anyio.Event()
         self.cancelled = False
 
-    async def generate(self, job: GenerationJob, on_partial: PartialSink | None = None
-                       ) -> ProviderResult:
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
         self.started.set()
         try:
             await anyio.sleep(30)
@@ -269,8 +286,9 @@ async def test_disconnect_while_generating_cancels_the_upstream_call() -> None:
 
 
 class _BrokenProvider(_SlowProvider):
-    async def generate(self, job: GenerationJob, on_partial: PartialSink | None = None
-                       ) -> ProviderResult:
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
         raise RuntimeError("secret internals sk-1234567890abcdef")
 
 
@@ -280,7 +298,8 @@ async def test_unexpected_failure_is_a_500_envelope_without_internals() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post(GEN, json={"model": "local/sketch", "prompt": "x"})
     error = assert_envelope(response, 500, "internal_error")
-    assert "secret" not in response.text and "Traceback" not in response.text
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
     assert error["message"] == "Internal error."
 
 
@@ -301,6 +320,7 @@ async def test_lifespan_starts_and_closes_resources() -> None:
     async with LifespanManager(app):
         assert app._service is not None
         client = app._owned_client
-        assert client is not None and not client.is_closed
+        assert client is not None
+        assert not client.is_closed
     assert app._service is None
     assert client.is_closed

@@ -24,7 +24,7 @@ UNSUPPORTED: list[tuple[dict[str, Any], str, str]] = [
     ({"quality": "ultra"}, "quality", "low, medium, high"),
     ({"quality": "hd", "model": "vertex/imagen-3"}, "quality", "auto"),
     ({"output_format": "webp", "model": "vertex/imagen-3"}, "output_format", "png, jpeg"),
-    ({"partial_images": 2, "stream": True}, "partial_images", "output_compression"),
+    ({"partial_images": 2, "stream": True, "model": "vertex/imagen-3"}, "partial_images", "seed"),
     ({"guidance_scale": 5.0}, "guidance_scale", "accepts are"),
     ({"watermark": True}, "watermark", "accepts are"),
     ({"image": "data:image/png;base64,AAAA"}, "image", "accepts are"),
@@ -57,8 +57,14 @@ def test_partial_images_without_stream_is_refused() -> None:
 
 def test_free_sizes_follow_the_model_rules() -> None:
     entry = load_catalog().resolve("openai/gpt-image-2")
-    for size, ok in [("2048x1152", True), ("3840x1280", True), ("1000x1000", False),
-                     ("3840x1264", False), ("512x512", False), ("4096x2048", False)]:
+    for size, ok in [
+        ("2048x1152", True),
+        ("3840x1280", True),
+        ("1000x1000", False),
+        ("3840x1264", False),
+        ("512x512", False),
+        ("4096x2048", False),
+    ]:
         request = ImageRequest.model_validate({"prompt": "x", "size": size})
         if ok:
             check_request(entry, request)

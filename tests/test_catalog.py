@@ -23,8 +23,13 @@ def test_user_overrides_merge_field_by_field_and_add_models() -> None:
     catalog = load_catalog(
         {
             "local/sketch": {"max_n": 2},
-            "local/tiny": {"provider": "local", "upstream": "sketch", "sizes": ["64x64"],
-                           "default_size": "64x64", "aliases": ["tiny"]},
+            "local/tiny": {
+                "provider": "local",
+                "upstream": "sketch",
+                "sizes": ["64x64"],
+                "default_size": "64x64",
+                "aliases": ["tiny"],
+            },
         }
     )
     sketch = catalog.resolve("local/sketch")

@@ -45,7 +45,9 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.openai_base_url == "http://127.0.0.1:9/v1"
 
 
-def test_toml_file_with_environment_winning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_toml_file_with_environment_winning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "mesh.toml"
     path.write_text(CONFIG)
     monkeypatch.setenv("MESH_IMAGES_LOCAL_LATENCY", "0.25")
@@ -59,7 +61,9 @@ def test_toml_file_with_environment_winning(tmp_path: Path, monkeypatch: pytest.
     assert Settings().default_model == "local/sketch"
 
 
-def test_missing_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_file_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ConfigError):
         Settings.load(tmp_path / "missing.toml")
     assert main(["serve", "--config", str(tmp_path / "missing.toml")]) == 2

@@ -84,7 +84,9 @@ async def test_host_routes_answer_with_body_and_streaming_intact() -> None:
         hello_response = await client.get("/hello")
         echo_response = await client.post("/echo", content=payload)
         numbers_response = await client.get("/numbers")
-        image = await client.post(GEN, json={"model": "local/sketch", "prompt": "x", "size": "64x64"})
+        image = await client.post(
+            GEN, json={"model": "local/sketch", "prompt": "x", "size": "64x64"}
+        )
     assert hello_response.text == "host says hello"
     assert echo_response.content == payload
     assert numbers_response.text == "0\n1\n2\n3\n4\n"
@@ -116,7 +118,9 @@ async def test_other_requests_get_the_original_receive_and_send() -> None:
     assert seen[0][0] is scope
     lifespan_scope = {"type": "lifespan"}
     await app(lifespan_scope, receive, send)
-    assert seen[1][0] is lifespan_scope and seen[1][1] is receive and seen[1][2] is send
+    assert seen[1][0] is lifespan_scope
+    assert seen[1][1] is receive
+    assert seen[1][2] is send
 
 
 def test_websocket_and_host_lifespan_pass_through() -> None:
@@ -135,8 +139,9 @@ async def test_host_lifespan_state_is_untouched_under_lifespan_manager() -> None
     app = ImagesMiddleware(host_app(log), SETTINGS)
     async with LifespanManager(app) as manager, client_for(manager.app) as client:
         assert (await client.get("/hello")).status_code == 200
-        assert (await client.post(GEN, json={"model": "local/sketch", "prompt": "x",
-                                             "size": "64x64"})).status_code == 200
+        assert (
+            await client.post(GEN, json={"model": "local/sketch", "prompt": "x", "size": "64x64"})
+        ).status_code == 200
     assert log == ["startup", "shutdown"]
     await app.aclose()
 

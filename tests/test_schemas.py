@@ -51,7 +51,11 @@ INVALID: list[tuple[dict[str, Any], list[Any], str]] = [
     ({"guidance_scale": 0.5}, ["body", "guidance_scale"], "greater_than_equal"),
     ({"guidance_scale": 11}, ["body", "guidance_scale"], "less_than_equal"),
     ({"watermark": "no"}, ["body", "watermark"], "bool_type"),
-    ({"sequential_image_generation": "on"}, ["body", "sequential_image_generation"], "literal_error"),
+    (
+        {"sequential_image_generation": "on"},
+        ["body", "sequential_image_generation"],
+        "literal_error",
+    ),
     ({"optimize_prompt_options": []}, ["body", "optimize_prompt_options"], "dict_type"),
 ]
 

@@ -3,7 +3,8 @@
 Each image is an abstract composition (a gradient, shapes, the prompt's words) seeded from the
 prompt, the seed and the image's index, so it is deterministic for the same inputs and visibly
 different across prompts. Rendering runs in a worker thread; the simulated latency tops the whole
-generation up to ``latency`` seconds, whatever ``n`` is.
+generation up to ``latency`` seconds, whatever ``n`` is. Asked for partial images on a stream, it
+sends them spread over that time, drawn with less detail than the final image.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import anyio.to_thread
 from PIL import Image, ImageDraw, ImageFont
 
 from ..catalog import parse_wxh
-from .base import GeneratedImage, GenerationJob, PartialSink, ProviderResult
+from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
 
 __all__ = ["LocalProvider", "render_image"]
 
@@ -43,8 +44,12 @@ def render_image(
     quality: str = "auto",
     transparent: bool = False,
     compression: int | None = None,
+    detail: float = 1.0,
 ) -> bytes:
-    """Render one image and return it encoded in ``output_format``."""
+    """Render one image and return it encoded in ``output_format``.
+
+    ``detail`` below 1 draws only that share of the shapes: the partial images of a stream.
+    """
     digest = hashlib.sha256(f"{prompt}\x00{seed}\x00{index}".encode()).digest()
     rng = random.Random(digest)
     if transparent:
@@ -56,7 +61,7 @@ def render_image(
         image = ramp.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image, "RGBA")
     unit = min(width, height)
-    for _ in range(_SHAPES.get(quality, 18)):
+    for _ in range(round(_SHAPES.get(quality, 18) * detail)):
         x, y = rng.randrange(width), rng.randrange(height)
         r = rng.randrange(unit // 16 + 1, unit // 3 + 2)
         box = (x - r, y - r, x + r, y + r)
@@ -102,7 +107,7 @@ class LocalProvider:
         quality = request.quality if request.quality not in (None, "auto") else "medium"
         transparent = request.background == "transparent"
 
-        def render(index: int) -> GeneratedImage:
+        def render(index: int, detail: float = 1.0) -> str:
             data = render_image(
                 request.prompt,
                 seed=request.seed,
@@ -113,14 +118,23 @@ class LocalProvider:
                 quality=quality,
                 transparent=transparent,
                 compression=request.output_compression,
+                detail=detail,
             )
-            return GeneratedImage(b64_json=base64.b64encode(data).decode("ascii"))
+            return base64.b64encode(data).decode("ascii")
 
-        # One worker-thread call per image: a cancellation waits for at most one render.
-        images = [await anyio.to_thread.run_sync(render, index) for index in range(request.n)]
-        remaining = self.latency - (time.monotonic() - started)
-        if remaining > 0:
-            await anyio.sleep(remaining)
+        # Worker-thread calls, one image each: a cancellation waits for at most one render.
+        partials = (request.partial_images or 0) if on_partial is not None else 0
+        for step in range(partials):
+            share = (step + 1) / (partials + 1)
+            b64 = await anyio.to_thread.run_sync(render, 0, share)
+            await self._wait_until(started + self.latency * share)
+            assert on_partial is not None
+            await on_partial(PartialImage(b64_json=b64, index=step))
+        images = [
+            GeneratedImage(b64_json=await anyio.to_thread.run_sync(render, index))
+            for index in range(request.n)
+        ]
+        await self._wait_until(started + self.latency)
         return ProviderResult(
             images=images,
             created=int(time.time()),
@@ -129,6 +143,12 @@ class LocalProvider:
             quality=quality,
             size=f"{width}x{height}",
         )
+
+    @staticmethod
+    async def _wait_until(moment: float) -> None:
+        remaining = moment - time.monotonic()
+        if remaining > 0:
+            await anyio.sleep(remaining)
 
     async def aclose(self) -> None:
         return None

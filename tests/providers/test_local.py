@@ -17,8 +17,13 @@ from tests.helpers import decode_image
 
 
 def _render(prompt: str = "a fox", **options: object) -> bytes:
-    args: dict[str, object] = {"seed": None, "index": 0, "width": 96, "height": 64,
-                               "output_format": "png"}
+    args: dict[str, object] = {
+        "seed": None,
+        "index": 0,
+        "width": 96,
+        "height": 64,
+        "output_format": "png",
+    }
     args.update(options)
     return render_image(prompt, **args)  # type: ignore[arg-type]
 
@@ -33,7 +38,11 @@ def test_renders_the_requested_format_and_size(fmt: str, pil: str) -> None:
 def test_deterministic_for_prompt_and_seed_and_different_otherwise() -> None:
     assert _render("a fox", seed=1) == _render("a fox", seed=1)
     base = decode_image(_render("a fox", seed=1)).convert("RGB")
-    for other in (_render("a fox", seed=2), _render("a cat", seed=1), _render("a fox", seed=1, index=1)):
+    for other in (
+        _render("a fox", seed=2),
+        _render("a cat", seed=1),
+        _render("a fox", seed=1, index=1),
+    ):
         difference = ImageChops.difference(base, decode_image(other).convert("RGB"))
         assert difference.getbbox() is not None
 
@@ -41,7 +50,8 @@ def test_deterministic_for_prompt_and_seed_and_different_otherwise() -> None:
 def test_transparent_background_has_alpha() -> None:
     image = decode_image(_render(transparent=True))
     assert image.mode == "RGBA"
-    assert image.getextrema()[3][0] == 0  # some pixels are fully transparent
+    alpha = image.getchannel("A").getextrema()
+    assert alpha[0] == 0  # some pixels are fully transparent
     opaque = decode_image(_render())
     assert opaque.mode == "RGB"
 
@@ -55,8 +65,12 @@ def test_compression_changes_the_encoding() -> None:
 def _job(**fields: object) -> GenerationJob:
     entry = load_catalog().resolve("local/sketch")
     request = ImageRequest.model_validate({"prompt": "a fox", "model": "local/sketch", **fields})
-    return GenerationJob(entry=entry, request=request, size=entry.resolve_size(request.size),
-                         output_format=request.output_format or "png")
+    return GenerationJob(
+        entry=entry,
+        request=request,
+        size=entry.resolve_size(request.size),
+        output_format=request.output_format or "png",
+    )
 
 
 @pytest.mark.anyio
@@ -64,8 +78,10 @@ async def test_generate_n_images_with_metadata() -> None:
     result = await LocalProvider(latency=0).generate(_job(n=3, size="3:2", quality="low"))
     assert len(result.images) == 3
     assert len({image.b64_json for image in result.images}) == 3
-    assert result.size == "1536x1024" and result.quality == "low"
-    assert result.background == "opaque" and result.output_format == "png"
+    assert result.size == "1536x1024"
+    assert result.quality == "low"
+    assert result.background == "opaque"
+    assert result.output_format == "png"
 
 
 @pytest.mark.anyio
@@ -79,7 +95,7 @@ async def test_latency_covers_the_whole_generation_and_rendering_is_off_the_loop
 
     import mesh_images_asgi.providers.local as local
 
-    local.render_image = spy  # type: ignore[assignment]
+    local.render_image = spy
     try:
         started = time.monotonic()
         await LocalProvider(latency=0.3).generate(_job(n=4, size="64x64"))

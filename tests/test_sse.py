@@ -1,0 +1,259 @@
+"""The stream writer, driven through raw ASGI with fake ``receive``/``send``: timing, ordering,
+the final frame after cancellation, send timeouts and disconnects."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi._asgi import Message
+from mesh_images_asgi.errors import UpstreamError
+from mesh_images_asgi.providers.base import (
+    GeneratedImage,
+    GenerationJob,
+    PartialImage,
+    PartialSink,
+    ProviderResult,
+)
+from mesh_images_asgi.providers.local import LocalProvider
+from mesh_images_asgi.sse import DONE, PING
+
+GEN = "/v1/images/generations"
+
+
+class ScriptedProvider:
+    """Waits ``latency`` s (sending partials on the way), then returns or raises ``error``."""
+
+    name = "local"
+
+    def __init__(
+        self, latency: float, error: Exception | None = None, partial_every: float | None = None
+    ) -> None:
+        self.latency = latency
+        self.error = error
+        self.partial_every = partial_every
+        self.cancelled_at: float | None = None
+
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
+        try:
+            if on_partial is not None and self.partial_every is not None:
+                for index in range(job.request.partial_images or 0):
+                    await anyio.sleep(self.partial_every)
+                    await on_partial(PartialImage(b64_json="cGFydGlhbA==", index=index))
+            await anyio.sleep(self.latency)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled_at = time.monotonic()
+            raise
+        if self.error is not None:
+            raise self.error
+        return ProviderResult(
+            images=[GeneratedImage(b64_json="aW1hZ2U=")],
+            created=1,
+            output_format="png",
+            size="64x64",
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": GEN,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+    }
+
+
+class Run:
+    """One request through the app, recording every sent message with its time."""
+
+    def __init__(self, provider: Any, body: dict[str, Any], **settings: Any) -> None:
+        settings.setdefault("keepalive_interval", 0.1)
+        self.app = ImagesApp(Settings(**settings), providers={"local": provider})
+        self.body = json.dumps({"model": "local/sketch", "prompt": "x", "stream": True, **body})
+        self.sent: list[tuple[float, Message]] = []
+        self.disconnect = anyio.Event()
+        self.started = time.monotonic()
+        self.send_hook: Callable[[Message], Awaitable[None]] | None = None
+
+    async def receive(self) -> Message:
+        if self.body:
+            body, self.body = self.body, ""
+            return {"type": "http.request", "body": body.encode(), "more_body": False}
+        await self.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.send_hook is not None:
+            await self.send_hook(message)
+        self.sent.append((time.monotonic() - self.started, message))
+
+    async def __call__(self) -> None:
+        await self.app(_scope(), self.receive, self.send)
+
+    @property
+    def frames(self) -> list[bytes]:
+        return [m["body"] for _, m in self.sent if m["type"] == "http.response.body"]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(f[6:]) for f in self.frames if f.startswith(b"data: {")]
+
+
+@pytest.mark.anyio
+async def test_headers_processing_pings_final_done_in_order() -> None:
+    run = Run(ScriptedProvider(latency=0.55), {})
+    await run()
+    start = run.sent[0][1]
+    assert start["type"] == "http.response.start"
+    assert start["status"] == 200
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"text/event-stream"
+    assert headers[b"cache-control"] == b"no-cache"
+    assert headers[b"x-accel-buffering"] == b"no"
+    assert headers[b"x-request-id"].startswith(b"req_")
+    assert b"content-length" not in headers
+    frames = run.frames
+    first = json.loads(frames[0][6:])
+    assert (first["status"], first["data"], first["object"]) == ("processing", [], "image.chunk")
+    assert first["model"] == "local/sketch"
+    assert first["id"].startswith("img-")
+    assert run.sent[1][0] < 0.05  # the processing chunk goes out at once
+    assert set(frames[1:-2]) == {PING}
+    assert 4 <= len(frames[1:-2]) <= 6
+    final = json.loads(frames[-2][6:])
+    assert final["status"] == "completed"
+    assert final["id"] == first["id"]
+    assert final["data"] == [{"url": "data:image/png;base64,aW1hZ2U="}]
+    assert frames[-1] == DONE
+    assert run.sent[-1][1]["more_body"] is False
+    assert all(m.get("more_body") for _, m in run.sent[1:-1])
+
+
+@pytest.mark.anyio
+async def test_pings_are_timed_from_the_last_write() -> None:
+    # Partials every 0.07 s keep the stream busy: no ping while they flow (interval 0.1 s).
+    run = Run(ScriptedProvider(latency=0.25, partial_every=0.07), {"partial_images": 3})
+    await run()
+    frames = run.frames
+    kinds = [
+        ("ping" if f == PING else json.loads(f[6:]).get("status", "done") if f != DONE else "done")
+        for f in frames
+    ]
+    assert kinds[:4] == ["processing", "partial", "partial", "partial"]
+    assert kinds[-2:] == ["completed", "done"]
+    assert 1 <= kinds.count("ping") <= 3  # only in the 0.25 s after the last partial
+    times = [t for t, m in run.sent if m.get("body") == PING]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.08 <= gap <= 0.2 for gap in gaps)
+
+
+@pytest.mark.anyio
+async def test_partials_carry_their_index_and_are_sent_only_when_asked() -> None:
+    asked = Run(ScriptedProvider(latency=0.0, partial_every=0.01), {"partial_images": 2})
+    await asked()
+    partials = [e for e in asked.events() if e.get("status") == "partial"]
+    assert [p["partial_image_index"] for p in partials] == [0, 1]
+    assert partials[0]["data"] == [{"url": "data:image/png;base64,cGFydGlhbA=="}]
+    not_asked = Run(ScriptedProvider(latency=0.0, partial_every=0.01), {})
+    await not_asked()
+    assert [e["status"] for e in not_asked.events()] == ["processing", "completed"]
+
+
+@pytest.mark.anyio
+async def test_error_after_the_first_byte_is_an_error_event_then_done() -> None:
+    error = UpstreamError("upstream broke", provider_code="internal_provider_error")
+    run = Run(ScriptedProvider(latency=0.05, error=error), {})
+    await run()
+    assert run.sent[0][1]["status"] == 200
+    last_event = run.events()[-1]
+    assert last_event["error"]["code"] == "upstream_error"
+    assert last_event["error"]["provider_code"] == "internal_provider_error"
+    assert last_event["request_id"].startswith("req_")
+    assert run.frames[-1] == DONE
+    assert run.sent[-1][1]["more_body"] is False
+
+
+@pytest.mark.anyio
+async def test_disconnect_cancels_the_upstream_within_100ms_and_writes_nothing_more() -> None:
+    provider = ScriptedProvider(latency=30)
+    run = Run(provider, {})
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await anyio.sleep(0.25)
+        sent_before = len(run.sent)
+        disconnected_at = time.monotonic()
+        run.disconnect.set()
+    assert provider.cancelled_at is not None
+    assert provider.cancelled_at - disconnected_at < 0.1
+    assert len(run.sent) == sent_before
+
+
+@pytest.mark.anyio
+async def test_oserror_from_send_counts_as_a_disconnect() -> None:
+    provider = ScriptedProvider(latency=30)
+    run = Run(provider, {})
+    pings = 0
+
+    async def failing_send(message: Message) -> None:
+        nonlocal pings
+        if message.get("body") == PING:
+            pings += 1
+            if pings == 2:
+                raise OSError("client gone")
+
+    run.send_hook = failing_send
+    with anyio.fail_after(5):
+        await run()
+    assert provider.cancelled_at is not None
+    assert run.frames.count(PING) == 1  # the failed send was not recorded, nothing came after
+
+
+@pytest.mark.anyio
+async def test_stalled_reader_ends_the_request_by_send_timeout() -> None:
+    provider = ScriptedProvider(latency=30)
+    run = Run(provider, {}, send_timeout=0.2)
+    stall = anyio.Event()
+
+    async def stalling_send(message: Message) -> None:
+        if message.get("body") == PING:
+            await stall.wait()  # the client stopped reading: this write never completes
+
+    run.send_hook = stalling_send
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        await run()
+    assert time.monotonic() - started < 2.0
+    assert provider.cancelled_at is not None
+
+
+@pytest.mark.anyio
+async def test_final_frame_is_sent_even_when_the_server_cancels_the_request() -> None:
+    provider = ScriptedProvider(latency=30)
+    run = Run(provider, {})
+    with anyio.move_on_after(0.3):
+        await run()
+    assert provider.cancelled_at is not None
+    assert run.frames[-1] == DONE
+    assert run.sent[-1][1]["more_body"] is False
+
+
+@pytest.mark.anyio
+async def test_local_provider_partials_end_to_end() -> None:
+    run = Run(LocalProvider(latency=0.3), {"partial_images": 2, "size": "64x64", "n": 2})
+    await run()
+    statuses = [e["status"] for e in run.events()]
+    assert statuses == ["processing", "partial", "partial", "completed"]
+    assert len(run.events()[-1]["data"]) == 2
