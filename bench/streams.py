@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 BODY = json.dumps(
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=5000)
     parser.add_argument("--interval", type=float, default=1.0, help="keep-alive interval, s")
     parser.add_argument("--window", type=float, default=10.0, help="measuring window, s")
+    parser.add_argument("--write", metavar="FILE", help="also write the table into FILE")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, max(soft, args.streams * 2 + 256))
@@ -188,19 +190,45 @@ def main() -> None:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
-    print(
-        f"streams benchmark: {os.cpu_count()} CPUs, interval {args.interval} s, "
-        f"window {args.window} s, python {sys.version.split()[0]}"
+    table = render(args, result)
+    print(table)
+    if args.write:
+        write_section(Path(args.write), table)
+
+
+def render(args: argparse.Namespace, result: dict[str, float]) -> str:
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}" for name in ("uvicorn", "anyio", "uvloop", "httptools")
     )
-    print("| metric | value | target |")
-    print("|---|---|---|")
-    print(f"| open streams | {result['streams']:.0f} | 5,000 |")
-    print(f"| server RSS per open stream | {result['rss_per_stream_kib']:.1f} KiB | <= 30 KiB |")
-    print(f"| server RSS total | {result['rss_total_mib']:.0f} MiB | |")
-    print(f"| pings in window | {result['pings']:.0f} | |")
-    print(f"| ping lateness p50 | {result['lateness_p50_ms']:.1f} ms | |")
-    print(f"| ping lateness p99 | {result['lateness_p99_ms']:.1f} ms | < 250 ms |")
-    print(f"| server CPU per 1,000 pings | {result['cpu_ms_per_1000_pings']:.1f} ms | |")
+    return "\n".join(
+        [
+            f"Keep-alive streams, one `mesh-images serve` process: {os.cpu_count()} CPUs, "
+            f"keep-alive interval {args.interval:g} s, window {args.window:g} s, "
+            f"Python {sys.version.split()[0]}, {versions}.",
+            "",
+            "| metric | value | target |",
+            "|---|---|---|",
+            f"| open streams | {result['streams']:.0f} | 5,000 |",
+            f"| server RSS per open stream | {result['rss_per_stream_kib']:.1f} KiB | <= 30 KiB |",
+            f"| server RSS total | {result['rss_total_mib']:.0f} MiB | |",
+            f"| pings in window | {result['pings']:.0f} | |",
+            f"| ping lateness p50 | {result['lateness_p50_ms']:.1f} ms | |",
+            f"| ping lateness p99 | {result['lateness_p99_ms']:.1f} ms | < 250 ms |",
+            f"| server CPU per 1,000 pings | {result['cpu_ms_per_1000_pings']:.1f} ms | |",
+        ]
+    )
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace this benchmark's section of ``path`` (between its markers) with ``table``."""
+    begin, end = "<!-- bench/streams.py begin -->", "<!-- bench/streams.py end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n## Streams (`bench/streams.py`)\n\n" + section + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":

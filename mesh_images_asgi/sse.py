@@ -1,22 +1,20 @@
 """The stream writer for ``"stream": true``: raw ASGI sends, idle pings, one writer.
 
-Four tasks per stream, and only one of them ever calls ``send``::
+Three tasks per stream, and only one of them ever calls ``send``::
 
-    producer   -- runs the generation; puts partial chunks, then the final chunk (or an error
-                  event) on a small memory stream
-    keepalive  -- sleeps until ``keepalive_interval`` s have passed since the last write, then
-                  puts ``: ping`` on the same stream; it is also the watchdog that ends the stream
-                  when one ``send`` has taken longer than ``send_timeout``
-    writer     -- this coroutine: the only caller of ``send``; writes frames in order
+    producer   -- runs the generation; posts partial chunks, then the final chunk (or an error
+                  event) to the writer's mailbox
+    writer     -- this coroutine, the only caller of ``send``: writes what the mailbox holds in
+                  order, and ``: ping`` when ``keepalive_interval`` s pass without a write
     listener   -- the only caller of ``receive``: on ``http.disconnect`` it cancels everything
 
-Timeouts are plain sleeps, not cancel scopes around every receive and send: a cancellation per
-ping costs several times the ping itself, and thousands of streams ping at once.
+Every ``send`` is bounded by ``send_timeout``: a reader that stops reading ends the request (and
+the upstream call) instead of pinning it. The stream always ends with ``data: [DONE]`` and
+``more_body: False`` (written under a shielded scope, also after an error, a send timeout or a
+server-side cancellation) unless the client is gone, in which case nothing more is written.
 
-A reader that stops reading ends the request (and the upstream call) after ``send_timeout``
-instead of pinning it. The stream always ends with ``data: [DONE]`` and ``more_body: False``
-(written under a shielded scope, also after an error, a send timeout or a server-side
-cancellation) unless the client is gone, in which case nothing more is written.
+Memory matters here (thousands of streams wait at once), so the mailbox is a list with one
+event instead of a memory object stream, and there is no separate keep-alive task.
 Deliberate divergence from sse-starlette: pings are comments ``: ping`` with no timestamp, timed
 from the last write (not from the last ping), as FastAPI's writer does.
 """
@@ -31,9 +29,8 @@ import time
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._asgi import Receive, Send
+from ._asgi import Message, Receive, Send
 from .config import Settings
 from .errors import GatewayError
 from .providers.base import GeneratedImage, GenerationJob, PartialImage
@@ -53,69 +50,55 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-class _Writer:
-    """The one caller of ``send``; it records when it last wrote and whether a send is stuck."""
+class SendTimeout(Exception):
+    """One ``send`` took longer than ``send_timeout``: the client stopped reading."""
 
-    def __init__(self, send: Send) -> None:
+
+class _Mailbox:
+    """Frames from the producer to the writer, in order; the last one is marked."""
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []  # a few frames at most; a deque's block costs 0.6 KiB
+        self._wakeup: anyio.Event | None = None
+        self.finished = False
+
+    def put(self, frame: bytes, last: bool = False) -> None:
+        self._frames.append(frame)
+        self.finished = last
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def get(self, patience: float) -> bytes | None:
+        """The next frame, or None after ``patience`` s without one."""
+        if not self._frames:
+            self._wakeup = anyio.Event()
+            with anyio.move_on_after(patience):
+                await self._wakeup.wait()
+            self._wakeup = None
+        return self._frames.pop(0) if self._frames else None
+
+    @property
+    def drained(self) -> bool:
+        return self.finished and not self._frames
+
+
+class _Writer:
+    """Sends with a timeout, and remembers whether the response is finished."""
+
+    def __init__(self, send: Send, timeout: float) -> None:
         self._send = send
-        self.last_write = anyio.current_time()
-        self.busy_since: float | None = None
+        self._timeout = timeout
         self.closed = False
 
+    async def __call__(self, message: Message) -> None:
+        with anyio.move_on_after(self._timeout) as scope:
+            await self._send(message)
+        if scope.cancelled_caught:
+            raise SendTimeout
+
     async def body(self, data: bytes, more: bool = True) -> None:
-        self.busy_since = anyio.current_time()
-        await self._send({"type": "http.response.body", "body": data, "more_body": more})
-        self.busy_since = None
-        self.last_write = anyio.current_time()
+        await self({"type": "http.response.body", "body": data, "more_body": more})
         self.closed = not more
-
-    async def start(self, request_id: str) -> None:
-        self.busy_since = anyio.current_time()
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
-        self.busy_since = None
-
-
-class _Keepalive:
-    """Pings on idle, and the send-timeout watchdog."""
-
-    def __init__(self, writer: _Writer, interval: float, send_timeout: float) -> None:
-        self.writer = writer
-        self.interval = interval
-        self.send_timeout = send_timeout
-        self.finishing = False
-        self.stalled = False
-
-    async def run(self, frames: MemoryObjectSendStream[bytes], scope: anyio.CancelScope) -> None:
-        writer = self.writer
-        while True:
-            now = anyio.current_time()
-            if writer.busy_since is not None:
-                if now - writer.busy_since >= self.send_timeout:
-                    self.stalled = True
-                    scope.cancel()
-                    return
-                wake = writer.busy_since + self.send_timeout
-            elif now - writer.last_write >= self.interval:
-                if self.finishing:
-                    return
-                with contextlib.suppress(anyio.WouldBlock):
-                    frames.send_nowait(PING)
-                writer.last_write = now  # queued: the next one is due an interval from now
-                wake = now + self.interval
-            else:
-                wake = writer.last_write + self.interval
-            await anyio.sleep(wake - now)
 
 
 async def stream_generation(
@@ -133,37 +116,33 @@ async def stream_generation(
         "created": int(time.time()),
         "model": job.entry.id,
     }
-    writer = _Writer(send)
-    keepalive = _Keepalive(writer, settings.keepalive_interval, settings.send_timeout)
+    writer = _Writer(send, settings.send_timeout)
+    mailbox = _Mailbox()
     disconnected = False
-    frames_in, frames_out = anyio.create_memory_object_stream[bytes](max_buffer_size=4)
 
-    async def produce(frames: MemoryObjectSendStream[bytes]) -> None:
+    async def produce() -> None:
         async def on_partial(partial: PartialImage) -> None:
             items = image_items(job, [GeneratedImage(b64_json=partial.b64_json)])
             chunk = {**base, "data": items, "status": "partial"}
             chunk["partial_image_index"] = partial.index
-            await frames.send(event(chunk))
+            mailbox.put(event(chunk))
 
-        async with frames:
-            try:
-                wants_partials = bool(job.request.partial_images)
-                result = await service.generate(job, on_partial if wants_partials else None)
-                items = image_items(job, result.images, result.output_format)
-                final: dict[str, Any] = {**base, "data": items, "status": "completed"}
-                for key in OPTIONAL_FIELDS:
-                    value = getattr(result, key)
-                    if value is not None:
-                        final[key] = value
-                last = event(final)
-            except GatewayError as error:
-                last = event({"error": error.error_object(), "request_id": request_id})
-            except Exception:
-                logger.exception("mesh-images: stream %s failed", request_id)
-                error_object = {"code": "internal_error", "message": "Internal error."}
-                last = event({"error": error_object, "request_id": request_id})
-            keepalive.finishing = True
-            await frames.send(last)
+        try:
+            wants_partials = bool(job.request.partial_images)
+            result = await service.generate(job, on_partial if wants_partials else None)
+            items = image_items(job, result.images, result.output_format)
+            final: dict[str, Any] = {**base, "data": items, "status": "completed"}
+            for key in OPTIONAL_FIELDS:
+                value = getattr(result, key)
+                if value is not None:
+                    final[key] = value
+            mailbox.put(event(final), last=True)
+        except GatewayError as error:
+            mailbox.put(event({"error": error.error_object(), "request_id": request_id}), True)
+        except Exception:
+            logger.exception("mesh-images: stream %s failed", request_id)
+            error_object = {"code": "internal_error", "message": "Internal error."}
+            mailbox.put(event({"error": error_object, "request_id": request_id}), last=True)
 
     async def listen() -> None:
         nonlocal disconnected
@@ -175,20 +154,30 @@ async def stream_generation(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(listen)
-            group.start_soon(produce, frames_in)
-            group.start_soon(keepalive.run, frames_in, group.cancel_scope)
+            group.start_soon(produce)
             try:
-                await writer.start(request_id)
+                await writer(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"text/event-stream"),
+                            (b"cache-control", b"no-cache"),
+                            (b"x-accel-buffering", b"no"),
+                            (b"x-request-id", request_id.encode()),
+                        ],
+                    }
+                )
                 await writer.body(event({**base, "data": [], "status": "processing"}))
-                await _pump(frames_out, writer)
+                await _pump(mailbox, writer, settings.keepalive_interval)
             except OSError:
                 disconnected = True  # servers implementing ASGI 2.4 raise on send to a gone client
+            except SendTimeout:
+                logger.warning(
+                    "mesh-images: stream %s ended: the client stopped reading", request_id
+                )
             group.cancel_scope.cancel()
-        if keepalive.stalled:
-            logger.warning("mesh-images: stream %s ended: the client stopped reading", request_id)
     finally:
-        frames_in.close()
-        frames_out.close()
         if not disconnected and not writer.closed:
             with (
                 anyio.CancelScope(shield=True),
@@ -198,9 +187,9 @@ async def stream_generation(
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
 
 
-async def _pump(frames: MemoryObjectReceiveStream[bytes], writer: _Writer) -> None:
-    """Write frames in order until the producer is done, then ``[DONE]``."""
-    async with frames:
-        async for frame in frames:
-            await writer.body(frame)
+async def _pump(mailbox: _Mailbox, writer: _Writer, interval: float) -> None:
+    """Write frames as they come, a ping after ``interval`` s of silence, then ``[DONE]``."""
+    while not mailbox.drained:
+        frame = await mailbox.get(interval)
+        await writer.body(PING if frame is None else frame)
     await writer.body(DONE, more=False)

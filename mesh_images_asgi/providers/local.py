@@ -2,9 +2,11 @@
 
 Each image is an abstract composition (a gradient, shapes, the prompt's words) seeded from the
 prompt, the seed and the image's index, so it is deterministic for the same inputs and visibly
-different across prompts. Rendering runs in a worker thread; the simulated latency tops the whole
-generation up to ``latency`` seconds, whatever ``n`` is. Asked for partial images on a stream, it
-sends them spread over that time, drawn with less detail than the final image.
+different across prompts. Rendering runs in a worker thread; the simulated latency is the time of
+the whole generation, whatever ``n`` is: the provider waits first and renders last (timed from its
+previous renders), so that thousands of waiting generations hold no images. Asked for partial
+images on a stream, it sends them spread over that time, drawn with less detail than the final
+image.
 """
 
 from __future__ import annotations
@@ -96,51 +98,41 @@ class LocalProvider:
 
     def __init__(self, latency: float = 2.0) -> None:
         self.latency = latency
+        self._seconds_per_pixel = 0.0
 
     async def generate(
         self, job: GenerationJob, on_partial: PartialSink | None = None
     ) -> ProviderResult:
         started = time.monotonic()
         request = job.request
-        size = job.size if job.size not in (None, "auto") else job.entry.default_size
-        width, height = parse_wxh(size or "1024x1024") or (1024, 1024)
-        quality = request.quality if request.quality not in (None, "auto") else "medium"
-        transparent = request.background == "transparent"
-
-        def render(index: int, detail: float = 1.0) -> str:
-            data = render_image(
-                request.prompt,
-                seed=request.seed,
-                index=index,
-                width=width,
-                height=height,
-                output_format=job.output_format,
-                quality=quality,
-                transparent=transparent,
-                compression=request.output_compression,
-                detail=detail,
-            )
-            return base64.b64encode(data).decode("ascii")
-
+        width, height = _dimensions(job)
         # Worker-thread calls, one image each: a cancellation waits for at most one render.
         partials = (request.partial_images or 0) if on_partial is not None else 0
         for step in range(partials):
             share = (step + 1) / (partials + 1)
-            b64 = await anyio.to_thread.run_sync(render, 0, share)
+            b64 = await anyio.to_thread.run_sync(_render_b64, job, width, height, 0, share)
             await self._wait_until(started + self.latency * share)
             assert on_partial is not None
             await on_partial(PartialImage(b64_json=b64, index=step))
+        # Wait first and render last, so that a waiting generation holds no image; the renders
+        # start when the measured render time says they will end at the deadline.
+        pixels = width * height * request.n
+        await self._wait_until(started + self.latency - self._seconds_per_pixel * pixels)
+        rendering = time.monotonic()
         images = [
-            GeneratedImage(b64_json=await anyio.to_thread.run_sync(render, index))
+            GeneratedImage(
+                b64_json=await anyio.to_thread.run_sync(_render_b64, job, width, height, index)
+            )
             for index in range(request.n)
         ]
+        self._seconds_per_pixel = (time.monotonic() - rendering) / pixels
         await self._wait_until(started + self.latency)
         return ProviderResult(
             images=images,
             created=int(time.time()),
             output_format=job.output_format,
-            background="transparent" if transparent else "opaque",
-            quality=quality,
+            background="transparent" if request.background == "transparent" else "opaque",
+            quality=_quality(job),
             size=f"{width}x{height}",
         )
 
@@ -152,3 +144,32 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _dimensions(job: GenerationJob) -> tuple[int, int]:
+    size = job.size if job.size not in (None, "auto") else job.entry.default_size
+    return parse_wxh(size or "1024x1024") or (1024, 1024)
+
+
+def _quality(job: GenerationJob) -> str:
+    quality = job.request.quality
+    return quality if quality not in (None, "auto") else "medium"
+
+
+def _render_b64(
+    job: GenerationJob, width: int, height: int, index: int, detail: float = 1.0
+) -> str:
+    request = job.request
+    data = render_image(
+        request.prompt,
+        seed=request.seed,
+        index=index,
+        width=width,
+        height=height,
+        output_format=job.output_format,
+        quality=_quality(job),
+        transparent=request.background == "transparent",
+        compression=request.output_compression,
+        detail=detail,
+    )
+    return base64.b64encode(data).decode("ascii")
