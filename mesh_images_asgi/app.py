@@ -11,19 +11,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs
 
 import httpx
 
-from ._asgi import Receive, Scope, Send, get_header, route_path, send_bytes
+from ._asgi import Message, Receive, Scope, Send, get_header, route_path, send_bytes
+from ._loop_guard import LoopGuard
+from .auth import KeyRing, allowed_models, authorize
 from .body import ClientDisconnected, check_body_headers, read_body
+from .byok import read_client_keys
 from .catalog import Catalog, load_catalog
 from .config import Settings
 from .disconnect import call_until_disconnect
-from .errors import GatewayError, MethodNotAllowed, NotFound
+from .errors import GatewayError, MethodNotAllowed, NotFound, ProviderNotAvailable
+from .inflight import InFlight
+from .openapi import OPENAPI_PATH, openapi_bytes
 from .providers import build_providers
 from .providers.base import Provider
+from .ratelimit import Limiter, create_limiter, enforce
+from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
 from .responses import images_response
 from .schemas import parse_request
@@ -61,6 +68,32 @@ async def _send_json(
     )
 
 
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` adding ``headers`` to the response start (JSON and stream answers alike)."""
+    if not headers:
+        return send
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return wrapped
+
+
+def _register_secrets(settings: Settings) -> None:
+    install_log_redaction()
+    for secret in (settings.openai_api_key, settings.vertex_api_key, settings.redis_url):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+
+
+def _shutting_down() -> ProviderNotAvailable:
+    return ProviderNotAvailable(
+        "This gateway is shutting down; retry the request.", retry_after_seconds=1.0
+    )
+
+
 async def _send_error(send: Send, error: GatewayError, request_id: str) -> None:
     await send_bytes(
         send,
@@ -87,9 +120,15 @@ class ImagesApp:
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
       one is created (over a fast aiohttp transport) and closed with the app.
     * **health** - also serve ``GET /healthz`` (the standalone server does).
+    * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
 
-    Resources are created at lifespan startup, or on first use when the host runs no lifespan,
-    and released by lifespan shutdown or ``await app.aclose()``.
+    With gateway keys configured (``Settings.api_keys``), every route but ``/healthz`` and
+    ``/openapi.json`` asks for one (see ``docs/security.md``).
+
+    Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
+    mounted app), or on first use when the host runs no lifespan; they are released by lifespan
+    shutdown, ``await app.aclose()``, or else when the event loop that created them shuts down
+    (see ``docs/hosting.md``).
     """
 
     def __init__(
@@ -100,19 +139,28 @@ class ImagesApp:
         catalog: Catalog | None = None,
         http_client: httpx.AsyncClient | None = None,
         health: bool = False,
+        openapi: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
+        _register_secrets(self.settings)
+        self._keys = KeyRing(self.settings.api_keys)
+        self._limiter: Limiter | None = None
         self._providers = providers
         self._catalog = catalog
         self._service: ImageService | None = None
         self._http_client = http_client
         self._owned_client: httpx.AsyncClient | None = None
+        self._loop_guard: LoopGuard | None = None
+        self._inflight = InFlight()
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
         }
         if health:
             self._routes[HEALTH_PATH] = {"GET": ImagesApp._health}
+        if openapi:
+            self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
+            self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
 
     @property
     def paths(self) -> frozenset[str]:
@@ -134,16 +182,53 @@ class ImagesApp:
                 providers = build_providers(self.settings, client)
             self._service = ImageService(self.settings, catalog, providers)
             self._service.log_enabled()
+            self._loop_guard = LoopGuard.for_running_loop(self.aclose)
         return self._service
 
+    @property
+    def limiter(self) -> Limiter:
+        """The rate limiter (Redis when ``MESH_IMAGES_REDIS_URL`` is set), created on first use."""
+        if self._limiter is None:
+            url = self.settings.redis_url
+            self._limiter = create_limiter(
+                url.get_secret_value() if url is not None else None,
+                fail_open=self.settings.rate_limit_fail_open,
+            )
+        return self._limiter
+
+    async def drain(self, patience: float | None = None) -> None:
+        """Refuse new generations (503 ``provider_not_available``), let running ones finish for
+        ``patience`` s (default ``MESH_IMAGES_DRAIN_TIMEOUT``), then cut the rest: see
+        ``inflight.py``. ``aclose`` (and so lifespan shutdown) drains first."""
+        patience = self.settings.drain_timeout if patience is None else patience
+        cut = await self._inflight.drain(patience)
+        if cut:
+            logger.warning("mesh-images: shutdown cut %d generation(s) after %g s", cut, patience)
+
     async def aclose(self) -> None:
-        """Release the providers' resources; the app can be used again afterwards."""
+        """Drain, then release the providers' resources; the app can be used again afterwards."""
+        await self.drain()
+        self._inflight.reopen()
         service, self._service = self._service, None
         client, self._owned_client = self._owned_client, None
+        guard, self._loop_guard = self._loop_guard, None
+        if guard is not None:
+            guard.disarm()
         if service is not None:
             await service.aclose()
         if client is not None:
             await client.aclose()
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            await limiter.aclose()
+
+    async def __aenter__(self) -> Self:
+        """Create the resources now; leaving the block closes them (for a host's lifespan)."""
+        _ = self.service
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -173,27 +258,51 @@ class ImagesApp:
         await handler(self, scope, receive, send, request_id)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        if self._inflight.draining:
+            raise _shutting_down()
+        with self._inflight.track(send) as tracked:
+            await self._serve_generation(scope, receive, tracked.send, request_id)
+        if tracked.cut and not tracked.started:
+            raise _shutting_down()
+
+    async def _serve_generation(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        key = self._keys.authenticate(scope)  # cheap refusals before a byte of the body is read
+        if key is not None:
+            send = _with_headers(send, await enforce(self.limiter, key))
         max_bytes = self.settings.max_body_bytes
         check_body_headers(scope, max_bytes)
-        request = parse_request(await read_body(receive, max_bytes))
+        request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
         service = self.service
-        job = service.prepare(request)
+        plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
+        authorize(key, plan.job.entry, request.n)
         if request.stream:
-            await stream_generation(service, job, receive, send, request_id, self.settings)
+            await stream_generation(service, plan, receive, send, request_id, self.settings)
             return
-        result = await call_until_disconnect(receive, lambda: service.generate(job))
-        if result is not None:
-            await _send_json(send, 200, images_response(job, result), request_id)
+        routed = await call_until_disconnect(receive, lambda: service.generate(plan))
+        if routed is not None:
+            body = images_response(routed.job, routed.result)
+            await _send_json(send, 200, body, request_id, routed.routing.headers())
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        key = self._keys.authenticate(scope)
         page = self.service.models_page()
+        if key is not None:  # a key sees the models it may use
+            page = {**page, "data": [m for m in page["data"] if key.allows(m["id"], m["aliases"])]}
         wanted = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("type")
         if wanted and "image" not in wanted:
             page = {**page, "data": []}
         await _send_json(send, 200, page, request_id)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        if self._inflight.draining:  # load balancers stop sending while we drain
+            raise _shutting_down()
         await _send_json(send, 200, {"status": "ok"}, request_id)
+
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        headers = [(b"x-request-id", request_id.encode())]
+        await send_bytes(send, 200, self._openapi_body, _JSON, headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

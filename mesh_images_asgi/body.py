@@ -2,13 +2,18 @@
 
 Checks happen before a byte is read where possible: content type, content encoding and a declared
 ``Content-Length`` over the limit. Chunked bodies are counted while they arrive, and reading stops
-at the first byte past the limit.
+at the first byte past the limit. The whole body must arrive within a deadline (408
+``request_timeout`` past it), so a client trickling bytes (slow loris) cannot hold a request open.
 """
 
 from __future__ import annotations
 
+import math
+
+import anyio
+
 from ._asgi import Receive, Scope, get_header
-from .errors import RequestTooLarge, UnsupportedMediaType
+from .errors import RequestTimeout, RequestTooLarge, UnsupportedMediaType
 
 __all__ = ["ClientDisconnected", "check_body_headers", "read_body"]
 
@@ -44,8 +49,18 @@ def _too_large(max_bytes: int) -> str:
     return f"Request body is larger than the limit of {max_bytes} bytes."
 
 
-async def read_body(receive: Receive, max_bytes: int) -> bytes:
-    """Read the whole body (at most ``max_bytes``); ``ClientDisconnected`` if the client left."""
+async def read_body(receive: Receive, max_bytes: int, time_limit: float | None = None) -> bytes:
+    """Read the whole body (at most ``max_bytes``, within ``time_limit`` seconds when given).
+
+    ``ClientDisconnected`` if the client left; 413 past the size, 408 past the deadline.
+    """
+    deadline = math.inf if time_limit is None else time_limit
+    with anyio.move_on_after(deadline):
+        return await _read(receive, max_bytes)
+    raise RequestTimeout(f"The request body did not arrive within {deadline:g} s.")
+
+
+async def _read(receive: Receive, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -85,6 +85,8 @@ class ModelEntry(BaseModel):
     max_prompt_chars: int | None = Field(default=None, ge=1)
     price_per_image: float | None = Field(default=None, ge=0)
     upstream_timeout: float | None = Field(default=None, gt=0)
+    fallbacks: tuple[str, ...] = ()
+    """Models (ids or aliases) tried in order when this one fails transiently (routing.py)."""
     options: Mapping[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -151,6 +153,10 @@ class Catalog:
                         f"model name {name!r} is used by {other.id!r} and {entry.id!r}"
                     )
                 self._names[name] = entry
+        for entry in self._entries.values():
+            for name in entry.fallbacks:
+                if self._names.get(name, entry) is entry:
+                    raise ValueError(f"fallback {name!r} of {entry.id!r} is not another model")
 
     def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self._entries.values())

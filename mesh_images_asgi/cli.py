@@ -1,13 +1,20 @@
-"""``mesh-images``: the command line (``mesh-images serve``)."""
+"""``mesh-images``: the command line (``mesh-images serve``, ``mesh-images keys``)."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import ValidationError
+
+from .auth import GatewayKey, hash_key, new_key
 from .config import ConfigError, Settings
+from .redact import RedactingFilter
 
 __all__ = ["main"]
 
@@ -25,7 +32,66 @@ def _parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default: MESH_IMAGES_LOG_LEVEL or info)",
     )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host with no gateway keys configured (anyone can spend)",
+    )
+    keys = commands.add_parser("keys", help="gateway keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="make a key; print it once, and its config entry")
+    create.add_argument("--label", required=True, help="who the key is for (logs, metrics)")
+    create.add_argument(
+        "--models", action="append", help="model pattern it may use (repeatable; default all)"
+    )
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--rpd", type=int, help="requests per UTC day")
+    create.add_argument("--max-n", type=int, help="most images per request")
+    create.add_argument("--json", action="store_true", help="print one JSON object instead")
+    keys.add_parser("hash", help="print the config hash of a key read from standard input")
     return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _toml_entry(entry: dict[str, Any]) -> str:
+    lines = ["[[keys]]"]
+    lines += [f"{name} = {json.dumps(value)}" for name, value in entry.items()]
+    return "\n".join(lines)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("mesh-images: give the key on standard input", file=sys.stderr)
+            return 2
+        print(hash_key(key))
+        return 0
+    key = new_key()
+    options = {"models": args.models, "rpm": args.rpm, "rpd": args.rpd, "max_n": args.max_n}
+    entry = {"hash": hash_key(key), "label": args.label}
+    entry.update((name, value) for name, value in options.items() if value is not None)
+    try:
+        GatewayKey.model_validate(entry)
+    except ValidationError as exc:
+        print(f"mesh-images: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"key": key, "entry": entry}))
+        return 0
+    print(f"Key (shown once, it is stored nowhere): {key}\n")
+    print(f"Config file entry:\n\n{_toml_entry(entry)}\n")
+    print(f"Or as an item of MESH_IMAGES_API_KEYS (a JSON list):\n\n{json.dumps(entry)}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,7 +111,18 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"mesh-images: {exc}", file=sys.stderr)
         return 2
+    if not settings.api_keys and not _is_loopback(args.host) and not args.insecure_no_auth:
+        print(
+            f"mesh-images: refusing to serve on {args.host} with no gateway keys configured: "
+            "anyone who can reach it could spend your provider credits. Configure keys "
+            "(mesh-images keys create; see docs/security.md), bind to 127.0.0.1, or pass "
+            "--insecure-no-auth.",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -61,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return _keys(args)
     return 2  # pragma: no cover - argparse requires a command
 
 

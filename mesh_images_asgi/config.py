@@ -13,13 +13,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from .auth import GatewayKeys
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -38,7 +40,10 @@ class Settings(BaseSettings):
     """Everything the gateway can be told. Pass keyword arguments to override any source."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MESH_IMAGES_", extra="ignore", populate_by_name=True
+        env_prefix="MESH_IMAGES_",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,  # a misplaced secret must not be echoed by an error
     )
 
     default_model: str | None = None
@@ -57,9 +62,50 @@ class Settings(BaseSettings):
     """Largest request body accepted (413 past it)."""
     local_latency: float = Field(default=2.0, ge=0)
     """Simulated latency of the embedded ``local`` provider, in seconds."""
+
+    # Resilience (docs/resilience.md): retries, fallbacks, breaker, bulkhead, BYOK, drain.
+    max_attempts: int = Field(default=4, ge=1)
+    """Upstream attempts one request may make, retries and fallbacks together."""
+    retries_per_model: int = Field(default=2, ge=0)
+    """Retries of a transient failure on the same model before its fallbacks are tried."""
+    retry_backoff: float = Field(default=0.5, ge=0)
+    """First retry delay in seconds; doubled each retry, with jitter (x0.5 to x1)."""
+    retry_backoff_max: float = Field(default=8.0, ge=0)
+    """Largest retry delay in seconds (before jitter)."""
+    retry_after_max: float = Field(default=30.0, ge=0)
+    """Longest upstream ``Retry-After`` honoured; a longer one moves on to the fallbacks."""
+    attempt_timeout: float | None = Field(default=None, gt=0)
+    """Seconds one attempt may take (None: the rest of the deadline); a timed-out attempt is
+    retried while the deadline allows."""
+    breaker_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures of a model that open its circuit."""
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    """Seconds an open circuit refuses calls before one probe is let through."""
+    bulkhead_limit: int = Field(default=128, ge=1)
+    """Concurrent upstream calls per provider (the embedded ``local`` renderer is exempt)."""
+    bulkhead_queue: int = Field(default=512, ge=0)
+    """Calls that may wait for a provider's slot; beyond them, 503 ``provider_not_available``."""
+    byok_fallback: bool = True
+    """When a client's own provider key fails (auth, rate limit), use the gateway's credentials;
+    false: 401/429 ``byok_fallback_disabled``."""
+    vertex_token_uri: str = "https://oauth2.googleapis.com/token"
+    """Where tokens for clients' own Vertex service accounts are minted (their ``token_uri`` is
+    ignored, so a client cannot make the gateway call an address of its choosing)."""
+    drain_timeout: float = Field(default=30.0, ge=0)
+    """At shutdown, seconds in-flight generations may take to finish before they are cut."""
     config: Path | None = None
     """The TOML file these settings were read from, if any."""
     log_level: str = "info"
+
+    api_keys: GatewayKeys = ()
+    """Gateway keys (``MESH_IMAGES_API_KEYS``, a JSON list, or ``[[keys]]`` tables in the TOML
+    file). With none, nobody is asked for a key (see docs/security.md)."""
+    redis_url: SecretStr | None = None
+    """Redis for rate-limit counters shared by every gateway process (``MESH_IMAGES_REDIS_URL``)."""
+    rate_limit_fail_open: bool = True
+    """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a client may take to send its whole request body (408 past it)."""
 
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(
@@ -79,6 +125,16 @@ class Settings(BaseSettings):
 
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Catalog entries to add or override, from the TOML file's ``[models."id"]`` tables."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_tables(cls, data: Any) -> Any:
+        """The TOML file names the key tables ``[[keys]]``."""
+        if isinstance(data, dict) and "keys" in data:
+            data = dict(data)
+            keys = data.pop("keys")
+            data.setdefault("api_keys", keys)
+        return data
 
     @classmethod
     def settings_customise_sources(

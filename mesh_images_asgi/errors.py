@@ -7,21 +7,32 @@ the stable ``error.code``::
      ├── InvalidRequest              400 invalid_request      (the model can't do that; has param)
      ├── InvalidJSON                 400 invalid_json
      ├── ContentPolicyViolation      400 content_policy_violation
-     ├── Unauthorized                401 unauthorized
+     ├── Unauthorized                401 unauthorized         (WWW-Authenticate)
+     ├── ByokFallbackDisabled        401 byok_fallback_disabled (the provider refused the key the
+     │    │                                                      client brought; fallback is off)
+     │    └── ByokRateLimited        429 byok_fallback_disabled (it rate-limited it; Retry-After)
+     ├── Forbidden                   403 forbidden            (the key may not use that model)
      ├── ModelNotFound               404 model_not_found
      ├── NotFound                    404 not_found
      ├── MethodNotAllowed            405 method_not_allowed   (Allow header)
+     ├── RequestTimeout              408 request_timeout      (the body did not arrive in time)
      ├── RequestTooLarge             413 request_too_large
      ├── UnsupportedMediaType        415 unsupported_media_type
      ├── ValidationFailed            422 validation_error     (details)
+     ├── RateLimitExceeded           429 rate_limit_exceeded  (Retry-After, x-ratelimit-*)
      ├── UpstreamRateLimited         429 upstream_rate_limit_error (Retry-After)
      ├── NotImplementedByGateway     501 not_implemented
      ├── UpstreamError               502 upstream_error       (provider_code)
      ├── UpstreamAuthError           502 upstream_auth_error
+     ├── ServiceUnavailable          503 service_unavailable  (rate limiting down, fail-closed)
+     ├── ProviderNotAvailable        503 provider_not_available (circuit open, provider saturated,
+     │                                                          shutting down; Retry-After)
      └── GatewayTimeout              504 gateway_timeout      (provider_code provider_timeout)
 
 The envelope is ``{"error": {"code", "message", ...}, "request_id": "req_..."}``; optional keys
-appear only when set. Messages never carry secrets, stack traces or image data.
+appear only when set. An error that ends a routed generation also carries its ``routing`` record
+(see ``routing.py``), which stream error events include. Messages never carry secrets, stack
+traces or image data.
 """
 
 from __future__ import annotations
@@ -32,7 +43,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
+    "ByokFallbackDisabled",
+    "ByokRateLimited",
     "ContentPolicyViolation",
+    "Forbidden",
     "GatewayError",
     "GatewayTimeout",
     "InvalidJSON",
@@ -41,7 +55,11 @@ __all__ = [
     "ModelNotFound",
     "NotFound",
     "NotImplementedByGateway",
+    "ProviderNotAvailable",
+    "RateLimitExceeded",
+    "RequestTimeout",
     "RequestTooLarge",
+    "ServiceUnavailable",
     "Unauthorized",
     "UnsupportedMediaType",
     "UpstreamAuthError",
@@ -76,6 +94,8 @@ class GatewayError(Exception):
         self.provider_error = provider_error
         self.retry_after_seconds = retry_after_seconds
         self.headers = list(headers)
+        self.routing: dict[str, Any] | None = None
+        """The routing record of the generation this error ended, if it ended one."""
 
     def error_object(self) -> dict[str, Any]:
         """The inner ``error`` object of the envelope."""
@@ -129,6 +149,24 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class ByokFallbackDisabled(GatewayError):
+    """The provider refused the key the client brought, and the gateway may not use its own."""
+
+    status = 401
+    code = "byok_fallback_disabled"
+
+
+class ByokRateLimited(ByokFallbackDisabled):
+    """The provider rate-limited the key the client brought (fallback off): the provider's 429."""
+
+    status = 429
+
+
 class ModelNotFound(GatewayError):
     status = 404
     code = "model_not_found"
@@ -151,6 +189,11 @@ class MethodNotAllowed(GatewayError):
         )
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     code = "request_too_large"
@@ -166,9 +209,21 @@ class ValidationFailed(GatewayError):
     code = "validation_error"
 
 
+class RateLimitExceeded(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+
 class UpstreamRateLimited(GatewayError):
+    """``retry_after_seconds`` is the upstream's hint (None: it gave none); clients always get a
+    ``Retry-After``, 1 s when the upstream named no time."""
+
     status = 429
     code = "upstream_rate_limit_error"
+
+    def _retry_after(self) -> int | None:
+        hint = super()._retry_after()
+        return 1 if hint is None else hint
 
 
 class NotImplementedByGateway(GatewayError):
@@ -184,6 +239,18 @@ class UpstreamError(GatewayError):
 class UpstreamAuthError(GatewayError):
     status = 502
     code = "upstream_auth_error"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "service_unavailable"
+
+
+class ProviderNotAvailable(GatewayError):
+    """No upstream can take the request now; ``retry_after_seconds`` says when to try again."""
+
+    status = 503
+    code = "provider_not_available"
 
 
 class GatewayTimeout(GatewayError):

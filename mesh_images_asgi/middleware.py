@@ -1,8 +1,11 @@
 """``ImagesMiddleware``: serve the images routes inside any ASGI host, pass everything else on.
 
-Pure ASGI (no ``BaseHTTPMiddleware``): requests for other paths, websockets and the host's
-lifespan go to the wrapped app with the original ``receive`` and ``send``, untouched and unread.
-Paths are matched below the mount point (``root_path``), as Starlette routes them.
+Pure ASGI (no ``BaseHTTPMiddleware``): requests for other paths and websockets go to the wrapped
+app with the original ``receive`` and ``send``, untouched and unread. The host's lifespan goes to
+it too, observed through thin wrappers so that our resources start after the host's startup and
+close after its shutdown, and are still started and closed when the host has no lifespan (Django):
+see ``_lifespan.py``. Paths are matched below the mount point (``root_path``), as Starlette routes
+them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 import httpx
 
 from ._asgi import ASGIApp, Receive, Scope, Send, route_path
+from ._lifespan import run_host_lifespan
 from .app import MODELS_PATH, ImagesApp
 from .catalog import Catalog
 from .config import Settings
@@ -54,9 +58,19 @@ class ImagesMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and route_path(scope) in self._paths:
             await self.images(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await run_host_lifespan(
+                self.app,
+                scope,
+                receive,
+                send,
+                startup=self.images.__aenter__,
+                shutdown=self.images.aclose,
+                fallback=self.images,
+            )
         else:
             await self.app(scope, receive, send)
 
     async def aclose(self) -> None:
-        """Release the images app's resources (the host's own lifespan is never touched)."""
+        """Release the images app's resources now (the host's own resources are never touched)."""
         await self.images.aclose()

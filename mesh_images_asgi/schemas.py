@@ -4,18 +4,32 @@ The schema checks shape and ranges only (422 when violated); what a particular m
 checked against its catalog entry afterwards (400). Validation is strict: ``"2"`` is not ``2`` and
 ``1`` is not ``true``. Unknown top-level fields are kept in ``model_extra`` for upstreams that
 take them.
+
+Whatever the field, known or not, the body is also held to bounds (422 past them): JSON nested at
+most ``MAX_DEPTH`` levels, strings (and object keys) of at most ``MAX_STRING_CHARS`` characters
+except image inputs (bounded by the body size), and no control characters other than tab, newline
+and carriage return.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from collections.abc import Iterator
+from itertools import islice
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidJSON, ValidationFailed
 
-__all__ = ["OPTIONAL_PARAMS", "ImageRequest", "parse_request"]
+__all__ = ["MAX_DEPTH", "MAX_STRING_CHARS", "OPTIONAL_PARAMS", "ImageRequest", "parse_request"]
 
+MAX_DEPTH = 32
+MAX_STRING_CHARS = 65_536
+_UNBOUNDED_STRINGS = frozenset({"image"})  # base64 image inputs: only the body limit applies
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+MAX_FALLBACKS = 5
 SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4}|[1-9][0-9]?:[1-9][0-9]?)$"
 
 
@@ -26,6 +40,11 @@ class ImageRequest(BaseModel):
 
     prompt: str = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
+    models: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_FALLBACKS
+    )
+    """Fallback models, tried in order when ``model`` fails transiently (as in Mesh's chat API);
+    they replace the model's configured fallbacks. Without ``model``, the first one is primary."""
     n: int = Field(default=1, ge=1, le=10)
     size: str | None = Field(default=None, pattern=SIZE_PATTERN)
     quality: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")
@@ -82,7 +101,7 @@ OPTIONAL_PARAMS: tuple[str, ...] = (
 def parse_request(body: bytes) -> ImageRequest:
     """Parse and validate a request body: 400 ``invalid_json`` or 422 ``validation_error``."""
     try:
-        return ImageRequest.model_validate_json(body)
+        request = ImageRequest.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         if any(error["type"] == "json_invalid" for error in errors):
@@ -92,3 +111,36 @@ def parse_request(body: bytes) -> ImageRequest:
             for error in errors
         ]
         raise ValidationFailed("Request validation failed.", details=details) from None
+    fields = {name: getattr(request, name) for name in ImageRequest.model_fields}
+    problems = _bound_problems({**fields, **request.extra_fields()}, ["body"], 1)
+    details = list(islice(problems, 20))
+    if details:
+        raise ValidationFailed("Request validation failed.", details=details)
+    return request
+
+
+def _string_problems(value: str, loc: list[Any]) -> Iterator[dict[str, Any]]:
+    if len(value) > MAX_STRING_CHARS and loc[1] not in _UNBOUNDED_STRINGS:
+        msg = f"String should have at most {MAX_STRING_CHARS} characters"
+        yield {"loc": loc, "msg": msg, "type": "string_too_long"}
+    if _CONTROL.search(value):
+        msg = "Control characters other than tab, newline and carriage return are not allowed"
+        yield {"loc": loc, "msg": msg, "type": "control_character"}
+
+
+def _bound_problems(value: Any, loc: list[Any], depth: int) -> Iterator[dict[str, Any]]:
+    """Bounds every part of the body must keep, whatever its field; ``depth`` counts containers."""
+    if isinstance(value, str):
+        yield from _string_problems(value, loc)
+        return
+    if not isinstance(value, dict | list):
+        return
+    if depth > MAX_DEPTH:
+        msg = f"JSON should be nested at most {MAX_DEPTH} levels deep"
+        yield {"loc": loc, "msg": msg, "type": "too_deep"}
+        return
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str):
+            yield from _string_problems(key, [*loc, key])
+        yield from _bound_problems(item, [*loc, key], depth + 1)

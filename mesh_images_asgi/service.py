@@ -1,32 +1,39 @@
-"""The image service: resolve the model, check the request against it, call its provider.
+"""The image service: resolve the model, check the request against it, route it to a provider.
 
 It sits between the ASGI layer (which hands it validated requests) and the providers (which know
-nothing above them), and it owns the providers' lifetime.
+nothing above them), and it owns the providers' lifetime and the routing state they share (a
+circuit breaker per model, a bulkhead per provider; see ``routing.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-import anyio
-
+from .breaker import Breakers
+from .bulkhead import Bulkhead
+from .byok import ClientKeys
 from .capabilities import check_request
 from .catalog import Catalog, ModelEntry
 from .config import Settings
-from .errors import GatewayTimeout, NotImplementedByGateway, ValidationFailed
-from .providers.base import GenerationJob, PartialSink, Provider, ProviderResult
+from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, ValidationFailed
+from .providers.base import GenerationJob, PartialSink, Provider
+from .routing import Plan, RetryPolicy, Routed, Router
 from .schemas import ImageRequest
 
-__all__ = ["ImageService"]
+__all__ = ["UNBOUNDED_PROVIDERS", "ImageService"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
+UNBOUNDED_PROVIDERS = frozenset({"local"})
+"""Providers without a bulkhead: the embedded renderer has no upstream to protect."""
+
 
 class ImageService:
-    """Turns ``ImageRequest``s into ``ProviderResult``s."""
+    """Turns ``ImageRequest``s into routed ``ProviderResult``s."""
 
     def __init__(
         self, settings: Settings, catalog: Catalog, providers: Mapping[str, Provider]
@@ -35,6 +42,16 @@ class ImageService:
         self.catalog = catalog
         self.providers = dict(providers)
         self._created = int(time.time())
+        self.router = Router(
+            self.providers,
+            RetryPolicy.from_settings(settings),
+            Breakers(settings.breaker_threshold, settings.breaker_cooldown),
+            {
+                name: Bulkhead(name, settings.bulkhead_limit, settings.bulkhead_queue)
+                for name in self.providers
+                if name not in UNBOUNDED_PROVIDERS
+            },
+        )
 
     def enabled_models(self) -> list[ModelEntry]:
         return [entry for entry in self.catalog if entry.provider in self.providers]
@@ -47,8 +64,10 @@ class ImageService:
         }
 
     def prepare(self, request: ImageRequest) -> GenerationJob:
-        """Resolve and check; raise the 4xx/501 that says why it cannot be served."""
-        name = request.model or self.settings.default_model
+        """Resolve and check the requested model; raise the 4xx/501 that says why it cannot be
+        served. Without ``model``, the first of ``models`` (or the default model) is requested."""
+        name = request.model or (request.models[0] if request.models else None)
+        name = name or self.settings.default_model
         if name is None:
             raise ValidationFailed(
                 "Request validation failed.",
@@ -67,25 +86,42 @@ class ImageService:
                 f"Provider {entry.provider!r} of model {entry.id!r} is not configured on this "
                 "gateway; see docs/configuration.md for its credentials."
             )
-        return GenerationJob(
-            entry=entry,
-            request=request,
-            size=entry.resolve_size(request.size),
-            output_format=request.output_format or entry.output_formats[0],
-        )
+        return self._job(entry, request, {})
 
-    async def generate(
-        self, job: GenerationJob, on_partial: PartialSink | None = None
-    ) -> ProviderResult:
-        """Run the job on its provider under the upstream deadline."""
-        provider = self.providers[job.entry.provider]
+    def plan(
+        self,
+        request: ImageRequest,
+        *,
+        keys: ClientKeys | None = None,
+        allow: Callable[[ModelEntry], bool] | None = None,
+    ) -> Plan:
+        """The requested model's job and the fallbacks that can serve the request.
+
+        Fallbacks are the request's ``models`` (unknown names: 404, ``param`` ``models``) or else
+        the model's configured ``fallbacks``. One that cannot serve the request (capabilities,
+        provider not configured, not allowed by ``allow``) is skipped, and the reason kept.
+        """
+        primary = self.prepare(request)
+        credentials = keys.resolve(primary.entry.provider) if keys else {}
+        job = replace(primary, client_credentials=credentials)
+        fallbacks: list[GenerationJob] = []
+        skipped: list[str] = []
+        seen = {job.entry.id}
+        for entry in self._fallback_entries(request, job.entry):
+            if entry.id in seen:
+                continue
+            seen.add(entry.id)
+            reason = self._unusable(entry, request, allow)
+            if reason is None:
+                fallbacks.append(self._job(entry, request, credentials))
+            else:
+                skipped.append(f"{entry.id} skipped: {reason}")
         deadline = job.entry.upstream_timeout or self.settings.upstream_timeout
-        with anyio.move_on_after(deadline) as scope:
-            return await provider.generate(job, on_partial)
-        assert scope.cancelled_caught
-        raise GatewayTimeout(
-            f"The upstream did not finish within {deadline:g} s.", provider_code="provider_timeout"
-        )
+        return Plan(job, deadline, tuple(fallbacks), tuple(skipped))
+
+    async def generate(self, plan: Plan, on_partial: PartialSink | None = None) -> Routed:
+        """Serve ``plan`` with retries and fallbacks under its deadline (``routing.py``)."""
+        return await self.router.run(plan, on_partial)
 
     def log_enabled(self) -> None:
         models = ", ".join(entry.id for entry in self.enabled_models())
@@ -95,3 +131,42 @@ class ImageService:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+
+    def _job(
+        self, entry: ModelEntry, request: ImageRequest, credentials: Mapping[str, str]
+    ) -> GenerationJob:
+        return GenerationJob(
+            entry=entry,
+            request=request,
+            size=entry.resolve_size(request.size),
+            output_format=request.output_format or entry.output_formats[0],
+            client_credentials=credentials,
+        )
+
+    def _fallback_entries(self, request: ImageRequest, primary: ModelEntry) -> list[ModelEntry]:
+        if request.models is None:
+            return [self.catalog.resolve(name) for name in primary.fallbacks]
+        names = request.models if request.model else request.models[1:]
+        entries = []
+        for name in names:
+            try:
+                entries.append(self.catalog.resolve(name))
+            except ModelNotFound as error:
+                raise ModelNotFound(error.message, param="models") from None
+        return entries
+
+    def _unusable(
+        self,
+        entry: ModelEntry,
+        request: ImageRequest,
+        allow: Callable[[ModelEntry], bool] | None,
+    ) -> str | None:
+        if allow is not None and not allow(entry):
+            return "this API key may not use it"
+        if entry.provider not in self.providers:
+            return f"provider {entry.provider!r} is not configured"
+        try:
+            check_request(entry, request)
+        except GatewayError as error:
+            return error.message
+        return None

@@ -11,7 +11,9 @@ Three tasks per stream, and only one of them ever calls ``send``::
 Every ``send`` is bounded by ``send_timeout``: a reader that stops reading ends the request (and
 the upstream call) instead of pinning it. The stream always ends with ``data: [DONE]`` and
 ``more_body: False`` (written under a shielded scope, also after an error, a send timeout or a
-server-side cancellation) unless the client is gone, in which case nothing more is written.
+server-side cancellation) unless the client is gone, in which case nothing more is written. A
+server-side cancellation (shutdown drain, a host's timeout) writes an error event
+(``provider_not_available``) just before that ``[DONE]``, so that a cut stream never looks done.
 
 Memory matters here (thousands of streams wait at once), so the mailbox is a list with one
 event instead of a memory object stream, and there is no separate keep-alive task.
@@ -32,9 +34,10 @@ import anyio
 
 from ._asgi import Message, Receive, Send
 from .config import Settings
-from .errors import GatewayError
-from .providers.base import GeneratedImage, GenerationJob, PartialImage
+from .errors import GatewayError, ProviderNotAvailable
+from .providers.base import GeneratedImage, PartialImage
 from .responses import OPTIONAL_FIELDS, image_items
+from .routing import Plan
 from .service import ImageService
 
 __all__ = ["DONE", "PING", "event", "stream_generation"]
@@ -43,6 +46,10 @@ logger = logging.getLogger("mesh_images_asgi")
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
+CUT = ProviderNotAvailable(
+    "The server stopped this generation before it finished (it is shutting down); retry it.",
+    retry_after_seconds=1.0,
+)
 
 
 def event(payload: dict[str, Any]) -> bytes:
@@ -103,13 +110,19 @@ class _Writer:
 
 async def stream_generation(
     service: ImageService,
-    job: GenerationJob,
+    plan: Plan,
     receive: Receive,
     send: Send,
     request_id: str,
     settings: Settings,
 ) -> None:
-    """Answer ``job`` as an SSE stream on raw ASGI ``send``."""
+    """Answer ``plan`` as an SSE stream on raw ASGI ``send``.
+
+    The headers go out before the upstream answers, so they name the requested model only
+    (``x-mesh-routing-model``); the final chunk (or error event) carries the whole ``routing``
+    record, and its ``model`` is the model that served.
+    """
+    job = plan.job
     base: dict[str, Any] = {
         "id": "img-" + os.urandom(12).hex(),
         "object": "image.chunk",
@@ -118,7 +131,7 @@ async def stream_generation(
     }
     writer = _Writer(send, settings.send_timeout)
     mailbox = _Mailbox()
-    disconnected = False
+    disconnected = cut = False
 
     async def produce() -> None:
         async def on_partial(partial: PartialImage) -> None:
@@ -129,16 +142,22 @@ async def stream_generation(
 
         try:
             wants_partials = bool(job.request.partial_images)
-            result = await service.generate(job, on_partial if wants_partials else None)
-            items = image_items(job, result.images, result.output_format)
+            routed = await service.generate(plan, on_partial if wants_partials else None)
+            result = routed.result
+            items = image_items(routed.job, result.images, result.output_format)
             final: dict[str, Any] = {**base, "data": items, "status": "completed"}
+            final["model"] = routed.routing.model
+            final["routing"] = routed.routing.public()
             for key in OPTIONAL_FIELDS:
                 value = getattr(result, key)
                 if value is not None:
                     final[key] = value
             mailbox.put(event(final), last=True)
         except GatewayError as error:
-            mailbox.put(event({"error": error.error_object(), "request_id": request_id}), True)
+            failed = {"error": error.error_object(), "request_id": request_id}
+            if error.routing is not None:
+                failed["routing"] = error.routing
+            mailbox.put(event(failed), last=True)
         except Exception:
             logger.exception("mesh-images: stream %s failed", request_id)
             error_object = {"code": "internal_error", "message": "Internal error."}
@@ -165,6 +184,7 @@ async def stream_generation(
                             (b"cache-control", b"no-cache"),
                             (b"x-accel-buffering", b"no"),
                             (b"x-request-id", request_id.encode()),
+                            (b"x-mesh-routing-model", job.entry.id.encode()),
                         ],
                     }
                 )
@@ -177,6 +197,9 @@ async def stream_generation(
                     "mesh-images: stream %s ended: the client stopped reading", request_id
                 )
             group.cancel_scope.cancel()
+    except anyio.get_cancelled_exc_class():
+        cut = True  # by the server (shutdown, a host's timeout): the client is told so
+        raise
     finally:
         if not disconnected and not writer.closed:
             with (
@@ -184,6 +207,9 @@ async def stream_generation(
                 anyio.move_on_after(1.0),
                 contextlib.suppress(OSError),
             ):
+                if cut:
+                    failed = event({"error": CUT.error_object(), "request_id": request_id})
+                    await send({"type": "http.response.body", "body": failed, "more_body": True})
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
 
 

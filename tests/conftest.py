@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
+
+from tests.support.leaks import WATCH
 
 
 @pytest.fixture
@@ -23,6 +28,42 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "MESH_IMAGES_DEFAULT_MODEL",
         "MESH_IMAGES_VERTEX_BASE_URL",
         "MESH_IMAGES_VERTEX_API_KEY",
+        "MESH_IMAGES_API_KEYS",
+        "MESH_IMAGES_REDIS_URL",
+        "MESH_IMAGES_RATE_LIMIT_FAIL_OPEN",
+        "MESH_IMAGES_BODY_TIMEOUT",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MESH_IMAGES_LOCAL_LATENCY", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_logs_for_secrets() -> Iterator[None]:
+    """Every log record of the whole run goes to ``WATCH`` (ours at DEBUG); see the hook below."""
+    levels = {"mesh_images_asgi": logging.DEBUG, "httpx": logging.INFO}
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    with WATCH.installed():
+        yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any secret a test used appears in any log line of the run."""
+    if not WATCH.texts:
+        return
+    leaks = WATCH.leaks()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        shown = ", ".join(f"{secret[:6]}... in {count} line(s)" for secret, count in leaks.items())
+        line = f"SECRET LEAK: configured secrets found in the logs: {shown}"
+    else:
+        line = (
+            f"secret leak check: {len(WATCH.secrets)} secrets, none in "
+            f"{len(WATCH.texts)} log records"
+        )
+    if reporter is not None:
+        reporter.write_line(line, red=bool(leaks))

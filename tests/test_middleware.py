@@ -118,9 +118,7 @@ async def test_other_requests_get_the_original_receive_and_send() -> None:
     assert seen[0][0] is scope
     lifespan_scope = {"type": "lifespan"}
     await app(lifespan_scope, receive, send)
-    assert seen[1][0] is lifespan_scope
-    assert seen[1][1] is receive
-    assert seen[1][2] is send
+    assert seen[1][0] is lifespan_scope  # its messages are observed: tests/hosts/test_lifespan.py
 
 
 def test_websocket_and_host_lifespan_pass_through() -> None:

@@ -175,7 +175,7 @@ async def test_partials_carry_their_index_and_are_sent_only_when_asked() -> None
 @pytest.mark.anyio
 async def test_error_after_the_first_byte_is_an_error_event_then_done() -> None:
     error = UpstreamError("upstream broke", provider_code="internal_provider_error")
-    run = Run(ScriptedProvider(latency=0.05, error=error), {})
+    run = Run(ScriptedProvider(latency=0.05, error=error), {}, max_attempts=1)
     await run()
     assert run.sent[0][1]["status"] == 200
     last_event = run.events()[-1]
@@ -246,6 +246,7 @@ async def test_final_frame_is_sent_even_when_the_server_cancels_the_request() ->
     with anyio.move_on_after(0.3):
         await run()
     assert provider.cancelled_at is not None
+    assert run.events()[-1]["error"]["code"] == "provider_not_available"  # a cut stream says so
     assert run.frames[-1] == DONE
     assert run.sent[-1][1]["more_body"] is False
 

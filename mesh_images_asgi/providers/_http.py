@@ -5,7 +5,8 @@
     read/write/pool timeout                       -> 504 gateway_timeout / provider_timeout
     non-JSON 2xx body                             -> 502 upstream_error / bad_response
     401, 403                                      -> 502 upstream_auth_error
-    429                                           -> 429 upstream_rate_limit_error (+ Retry-After)
+    429                                           -> 429 upstream_rate_limit_error (+ Retry-After;
+                                                     retry_after_seconds None: no upstream hint)
     500, 502, 504 ... / 503, 529                  -> 502 upstream_error / internal_provider_error,
                                                                             provider_overloaded
     404                                           -> 502 upstream_error / model_not_found
@@ -22,6 +23,7 @@ bad request) and call ``error_for_status`` for everything else.
 
 from __future__ import annotations
 
+import binascii
 import email.utils
 import json
 import time
@@ -46,6 +48,7 @@ from ..redact import redact
 __all__ = [
     "ServerSentEvent",
     "bad_response",
+    "checked_base64",
     "error_for_status",
     "open_response",
     "parse_json_object",
@@ -81,6 +84,15 @@ def bad_response(provider: str, why: str) -> UpstreamError:
     return UpstreamError(
         f"{provider} sent a response we could not read: {why}.", provider_code="bad_response"
     )
+
+
+def checked_base64(provider: str, value: str) -> str:
+    """``value`` if it is whole, well-formed base64; else ``bad_response`` (a truncated image)."""
+    try:
+        binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise bad_response(provider, "an image is not valid base64 (truncated?)") from None
+    return value
 
 
 def transport_error(
@@ -121,7 +133,7 @@ def error_for_status(
         return UpstreamRateLimited(
             text,
             provider_code=provider_code or "rate_limited",
-            retry_after_seconds=retry_after if retry_after is not None else 1.0,
+            retry_after_seconds=retry_after,
         )
     if status >= 500:
         overloaded = status in (503, 529)

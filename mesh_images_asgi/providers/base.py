@@ -3,11 +3,13 @@
 Providers know nothing of ASGI, HTTP responses to our client, or SSE: they take a validated
 ``GenerationJob`` and return a ``ProviderResult`` (raising ``GatewayError`` subclasses on
 failure). A provider that streams natively hands partial images to ``on_partial`` as they come.
+Providers know nothing of retries or fallbacks (``routing.py``): one call is one attempt, made with
+``job.credentials`` when the client brought its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,10 +36,18 @@ class GenerationJob:
     """Concrete ``WxH``, ``"auto"``, or None (no size sent and the model has no default)."""
     output_format: str
     """The format the images will be in (the request's, or the model's first)."""
+    client_credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Credentials the client brought (BYOK), by provider name; they live only as long as the
+    request and never reach a log line."""
 
     @property
     def extra_fields(self) -> dict[str, Any]:
         return self.request.extra_fields()
+
+    @property
+    def credentials(self) -> str | None:
+        """The client's own credentials for this job's provider; None: use the gateway's."""
+        return self.client_credentials.get(self.entry.provider)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import httpx
 from ..errors import ContentPolicyViolation, GatewayError, UpstreamError
 from ._http import (
     bad_response,
+    checked_base64,
     error_for_status,
     open_response,
     parse_json_object,
@@ -102,7 +103,7 @@ class OpenAIProvider:
         ):
             return await self._stream(job, on_partial)
         payload = _payload(job, stream=False)
-        response = await send_json(self._client, NAME, self._url, payload, self._headers)
+        response = await send_json(self._client, NAME, self._url, payload, self._auth(job))
         if not response.is_success:
             raise _failure(response.status_code, response.content, response.headers)
         return _result(parse_json_object(NAME, response.content))
@@ -112,7 +113,8 @@ class OpenAIProvider:
         images: list[GeneratedImage] = []
         usage: dict[str, Any] = {}
         last: dict[str, Any] = {}
-        async with open_response(self._client, NAME, self._url, payload, self._headers) as response:
+        headers = self._auth(job)
+        async with open_response(self._client, NAME, self._url, payload, headers) as response:
             if not response.is_success:
                 content = await read_body(NAME, response)
                 raise _failure(response.status_code, content, response.headers)
@@ -145,6 +147,13 @@ class OpenAIProvider:
             size=_str(last.get("size")),
             usage=_usage(usage),
         )
+
+    def _auth(self, job: GenerationJob) -> dict[str, str]:
+        """The gateway's headers, or the client's own key alone (our organization and project
+        headers would not match its account)."""
+        if job.credentials is not None:
+            return {"authorization": f"Bearer {job.credentials}"}
+        return self._headers
 
     async def aclose(self) -> None:
         """Nothing to release: the HTTP client belongs to the app."""
@@ -208,7 +217,9 @@ def _image(item: Any) -> GeneratedImage:
     if b64_json is None and url is None:
         raise bad_response(NAME, "an image has neither b64_json nor url")
     return GeneratedImage(
-        b64_json=b64_json, url=url, revised_prompt=_str(item.get("revised_prompt"))
+        b64_json=None if b64_json is None else checked_base64(NAME, b64_json),
+        url=url,
+        revised_prompt=_str(item.get("revised_prompt")),
     )
 
 
@@ -216,7 +227,7 @@ def _b64(event: dict[str, Any]) -> str:
     b64_json = _str(event.get("b64_json"))
     if b64_json is None:
         raise bad_response(NAME, "an image event has no b64_json")
-    return b64_json
+    return checked_base64(NAME, b64_json)
 
 
 def _add_usage(total: dict[str, Any], usage: Any) -> None:

@@ -14,7 +14,11 @@ from ``global`` only). What goes on the wire is in ``vertex_wire``.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -23,7 +27,7 @@ import httpx
 
 from ..catalog import ModelEntry
 from ..config import ConfigError, Settings
-from ..errors import NotImplementedByGateway
+from ..errors import InvalidRequest, NotImplementedByGateway
 from ._http import parse_json_object, send_json
 from .base import GenerationJob, PartialSink, ProviderResult
 from .vertex_wire import (
@@ -36,11 +40,20 @@ from .vertex_wire import (
     predict_images,
 )
 
-__all__ = ["DEFAULT_LOCATION", "ApiKeyAuth", "VertexAuth", "VertexProvider", "vertex_provider"]
+__all__ = [
+    "DEFAULT_LOCATION",
+    "DEFAULT_TOKEN_URI",
+    "ApiKeyAuth",
+    "VertexAuth",
+    "VertexProvider",
+    "client_credentials",
+    "vertex_provider",
+]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 DEFAULT_LOCATION = "us-central1"
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _GLOBAL_ORIGIN = "https://aiplatform.googleapis.com"
 _MULTI_REGIONS = frozenset({"us", "eu"})
 
@@ -103,23 +116,29 @@ class VertexProvider:
         project: str | None,
         location: str = DEFAULT_LOCATION,
         base_url: str | None = None,
+        token_uri: str = DEFAULT_TOKEN_URI,
     ) -> None:
-        """``project`` None means API-key mode (no project or location in the URL)."""
+        """``project`` None means API-key mode (no project or location in the URL).
+        ``token_uri`` mints tokens for the service accounts clients bring (BYOK)."""
         self._client = client
         self._auth = auth
         self._project = project
         self._location = location
         self._base_url = base_url.rstrip("/") if base_url else None
+        self._token_uri = token_uri
 
     def url(self, entry: ModelEntry) -> str:
         """The endpoint of ``entry``'s model and method."""
+        return self._url(entry, self._project, self._location)
+
+    def _url(self, entry: ModelEntry, project: str | None, location: str) -> str:
         method = entry.options.get("api")
         model = f"publishers/google/models/{entry.upstream}:{method}"
-        if self._project is None:
+        if project is None:
             return f"{self._base_url or _GLOBAL_ORIGIN}/v1/{model}"
-        location = entry.options.get("location") or self._location
+        location = entry.options.get("location") or location
         origin = self._base_url or _origin(location)
-        return f"{origin}/v1/projects/{self._project}/locations/{location}/{model}"
+        return f"{origin}/v1/projects/{project}/locations/{location}/{model}"
 
     async def generate(
         self, job: GenerationJob, on_partial: PartialSink | None = None
@@ -131,7 +150,10 @@ class VertexProvider:
                 'options.api must be "predict" or "generateContent").'
             )
         build_body, read_images = method
-        response = await self._post(self.url(job.entry), build_body(job))
+        if job.credentials is None:
+            response = await self._post(self.url(job.entry), build_body(job))
+        else:
+            response = await self._post_as_client(job.entry, build_body(job), job.credentials)
         if not response.is_success:
             raise google_error(response)
         found = read_images(parse_json_object(PROVIDER, response.content))
@@ -151,8 +173,76 @@ class VertexProvider:
             response = await send_json(self._client, PROVIDER, url, body, headers)
         return response
 
+    async def _post_as_client(
+        self, entry: ModelEntry, body: dict[str, Any], raw: str
+    ) -> httpx.Response:
+        """POST with the credentials the client brought: its API key, or a token minted now for
+        its service account, in its project (and ``region``, else ours)."""
+        credentials = client_credentials(raw)
+        if isinstance(credentials, str):
+            url, headers = self._url(entry, None, self._location), {"x-goog-api-key": credentials}
+        else:
+            try:
+                from .vertex_auth import service_account_token
+            except ImportError:
+                raise NotImplementedByGateway(
+                    "Service-account credentials need google-auth on this gateway: "
+                    "pip install 'mesh-images-asgi[vertex]'."
+                ) from None
+            token = await service_account_token(credentials, self._token_uri)
+            location = credentials.get("region") or self._location
+            url = self._url(entry, credentials["project_id"], location)
+            headers = {"authorization": f"Bearer {token}"}
+        return await send_json(self._client, PROVIDER, url, body, headers)
+
     async def aclose(self) -> None:
         await self._auth.aclose()
+
+
+_PROJECT = re.compile(r"^[a-z0-9][a-z0-9.:-]{0,99}$")
+_REGION = re.compile(r"^[a-z]+[a-z0-9-]{0,39}$")
+_SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "project_id")
+
+
+def _plain_region(region: Any) -> bool:
+    return region is None or (isinstance(region, str) and _REGION.match(region) is not None)
+
+
+def client_credentials(raw: str) -> str | dict[str, Any]:
+    """A client's ``X-Vertex-Credentials``: a service-account key (its JSON, raw or base64; an
+    optional ``"region"``) or an API key. A malformed key is 400 ``invalid_request``; the project
+    and region, which go into the URL, must be plain names."""
+    text = raw
+    if not text.startswith("{"):
+        try:
+            decoded = base64.b64decode(text, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return raw
+        if not decoded.lstrip().startswith("{"):
+            return raw
+        text = decoded
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = None
+    problem = "it is not a JSON object"
+    if isinstance(info, dict):
+        problem = ""
+        if info.get("type") != "service_account":
+            problem = 'its "type" is not "service_account"'
+        elif not all(isinstance(info.get(name), str) for name in _SERVICE_ACCOUNT_FIELDS):
+            problem = "it lacks " + " or ".join(_SERVICE_ACCOUNT_FIELDS)
+        elif not _PROJECT.match(info["project_id"]):
+            problem = "its project_id is not a project id"
+        elif not _plain_region(info.get("region")):
+            problem = "its region is not a region name"
+    if problem:
+        raise InvalidRequest(
+            f"X-Vertex-Credentials is not a usable service-account key: {problem}.",
+            param="X-Vertex-Credentials",
+        )
+    assert isinstance(info, dict)
+    return info
 
 
 def vertex_provider(settings: Settings, client: httpx.AsyncClient) -> VertexProvider | None:
@@ -166,7 +256,14 @@ def vertex_provider(settings: Settings, client: httpx.AsyncClient) -> VertexProv
     if settings.vertex_api_key is not None:
         logger.info("mesh-images: Vertex AI with an API key (express mode)")
         auth = ApiKeyAuth(settings.vertex_api_key.get_secret_value())
-        return VertexProvider(client, auth, project=None, location=location, base_url=base_url)
+        return VertexProvider(
+            client,
+            auth,
+            project=None,
+            location=location,
+            base_url=base_url,
+            token_uri=settings.vertex_token_uri,
+        )
     if settings.google_application_credentials is None and settings.google_cloud_project is None:
         return None
     try:
@@ -193,5 +290,10 @@ def vertex_provider(settings: Settings, client: httpx.AsyncClient) -> VertexProv
         return None
     logger.info("mesh-images: Vertex AI for project %s in %s", project, location)
     return VertexProvider(
-        client, TokenAuth(credentials), project=project, location=location, base_url=base_url
+        client,
+        TokenAuth(credentials),
+        project=project,
+        location=location,
+        base_url=base_url,
+        token_uri=settings.vertex_token_uri,
     )

@@ -29,7 +29,7 @@ from ..config import ConfigError
 from ..errors import GatewayError, UpstreamAuthError, UpstreamError
 from ..redact import redact
 
-__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenAuth", "load_credentials"]
+__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenAuth", "load_credentials", "service_account_token"]
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = datetime.timedelta(minutes=5)
@@ -56,7 +56,11 @@ class _HttpxRequest(google.auth.transport.Request):
     """google-auth's transport interface over a blocking ``httpx.Client`` (no ``requests``)."""
 
     def __init__(self, timeout: float) -> None:
-        self._client = httpx.Client(timeout=timeout)
+        # No keep-alive: a refresh comes once an hour, and an idle connection the token endpoint
+        # has closed would sit half-closed (CLOSE_WAIT) in between.
+        self._client = httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     def __call__(
         self,
@@ -173,6 +177,39 @@ class TokenAuth:
             self._failure = None
         # Counted only once the outcome is recorded: a cancelled refresh leaves it to the next.
         self._generation += 1
+
+
+async def service_account_token(
+    info: Mapping[str, Any], token_uri: str, *, http_timeout: float = 30.0
+) -> str:
+    """A token for a service account a client brought (BYOK), minted for this request only.
+
+    ``token_uri`` replaces the key's own: a client must not choose where the gateway posts.
+    Nothing is cached; a key that cannot sign, or that Google refuses, is ``UpstreamAuthError``.
+    """
+    from google.oauth2 import service_account
+
+    def mint() -> str:
+        try:
+            credentials = service_account.Credentials.from_service_account_info(
+                {**info, "token_uri": token_uri}, scopes=SCOPES
+            )
+        except ValueError:
+            raise UpstreamAuthError(
+                "The service-account key this request brought cannot be used to sign.",
+                provider_code="invalid_client_credentials",
+            ) from None
+        request = _HttpxRequest(http_timeout)
+        try:
+            credentials.refresh(request)
+        finally:
+            request.close()
+        return str(credentials.token)
+
+    try:
+        return await anyio.to_thread.run_sync(mint, abandon_on_cancel=True)
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise _refresh_error(exc) from None
 
 
 def _refresh_error(exc: google.auth.exceptions.GoogleAuthError) -> GatewayError:

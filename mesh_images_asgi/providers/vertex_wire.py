@@ -31,7 +31,13 @@ import httpx
 from ..catalog import ModelEntry
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest, UpstreamAuthError
 from ..redact import redact
-from ._http import bad_response, error_for_status, retry_after_seconds, upstream_error_object
+from ._http import (
+    bad_response,
+    checked_base64,
+    error_for_status,
+    retry_after_seconds,
+    upstream_error_object,
+)
 from .base import GeneratedImage, GenerationJob
 
 __all__ = [
@@ -198,7 +204,8 @@ def predict_images(data: Mapping[str, Any]) -> VertexImages:
             prompt = prediction.get("prompt")
             images.append(
                 GeneratedImage(
-                    b64_json=encoded, revised_prompt=prompt if isinstance(prompt, str) else None
+                    b64_json=checked_base64(PROVIDER, encoded),
+                    revised_prompt=prompt if isinstance(prompt, str) else None,
                 )
             )
             output_format = output_format or _format(prediction.get("mimeType"))
@@ -240,7 +247,7 @@ def generate_content_images(data: Mapping[str, Any]) -> VertexImages:
                 continue
             encoded = inline.get("data")
             if isinstance(encoded, str) and encoded:
-                images.append(GeneratedImage(b64_json=encoded))
+                images.append(GeneratedImage(b64_json=checked_base64(PROVIDER, encoded)))
                 output_format = output_format or _format(inline.get("mimeType"))
                 found = True
         if not found:

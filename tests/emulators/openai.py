@@ -17,9 +17,10 @@ retired model, gpt-image-2.6's sizes) the emulator follows OpenAI's usual style 
 
 Tests control it with plain attributes (``reset()`` between tests): ``latency`` (seconds before
 the answer, spread over the events of a stream) and ``fault`` (an ``ErrorReply`` from the helpers
-below, a ``StreamError`` or a ``Fault``). They read ``requests`` (headers and JSON body of each,
-and whether the client went away before the answer was complete), ``wait_received()`` and
-``wait_cancelled()``.
+below, a ``StreamError`` or a ``Fault``), or ``fault_for``, which picks each request's fault
+from its JSON body (a sequence of answers, a fault per model, random chaos). They read
+``requests`` (headers and JSON body of each, and whether the client went away before the answer
+was complete), ``wait_received()`` and ``wait_cancelled()``.
 Serve it with ``OpenAIEmulator.serve()``: dropping a connection needs its socket, which a
 small uvicorn protocol subclass hands over.
 """
@@ -33,7 +34,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +134,9 @@ class Fault(enum.Enum):
     DROP = "close the connection without answering"
     MALFORMED = "200 with a body that is not JSON"
     TRUNCATED = "200 whose Content-Length promises more than is sent, then the connection closes"
+    HANG = "never answer (until the client goes away)"
+    SLOW_BODY = "a correct 200 whose body trickles in over ``latency`` seconds"
+    BAD_BASE64 = "200 with well-formed JSON whose image is cut mid-way through its base64"
 
 
 @dataclass
@@ -426,6 +430,7 @@ class OpenAIEmulator:
         self.requests: list[RecordedRequest] = []
         self.latency = 0.0
         self.fault: ErrorReply | StreamError | Fault | None = None
+        self.fault_for: Callable[[Any], ErrorReply | StreamError | Fault | None] | None = None
         self._received = threading.Event()
         self._cancelled = threading.Event()
         self._transports: dict[tuple[str, int], asyncio.Transport] = {}
@@ -435,6 +440,7 @@ class OpenAIEmulator:
         self.requests.clear()
         self.latency = 0.0
         self.fault = None
+        self.fault_for = None
         self._received.clear()
         self._cancelled.clear()
 
@@ -488,7 +494,10 @@ class OpenAIEmulator:
         record = RecordedRequest(headers, body)
         self.requests.append(record)
         self._received.set()
-        fault = self.fault
+        fault = self.fault if self.fault_for is None else self.fault_for(body)
+        if fault in (Fault.HANG, Fault.SLOW_BODY, Fault.BAD_BASE64):
+            await self._misbehave(fault, body, receive, send, record)
+            return
         if isinstance(fault, ErrorReply | Fault):
             if await self._pause(self.latency, receive, record):
                 return
@@ -500,7 +509,7 @@ class OpenAIEmulator:
             return
         generation = _Generation.of(body)
         if body.get("stream"):
-            await self._stream(generation, receive, send, record)
+            await self._stream(generation, receive, send, record, fault)
             return
         if await self._pause(self.latency, receive, record):
             return
@@ -523,7 +532,12 @@ class OpenAIEmulator:
         return None if key == self.api_key else invalid_api_key(key)
 
     async def _stream(
-        self, generation: _Generation, receive: Receive, send: Send, record: RecordedRequest
+        self,
+        generation: _Generation,
+        receive: Receive,
+        send: Send,
+        record: RecordedRequest,
+        fault: ErrorReply | StreamError | Fault | None,
     ) -> None:
         await send(
             {
@@ -547,8 +561,8 @@ class OpenAIEmulator:
                 await _body(send, _sse("image_generation.partial_image", event))
             if await self._pause(self.latency / steps, receive, record):
                 return
-            if isinstance(self.fault, StreamError):
-                await _body(send, _sse("error", {"error": self.fault.error}), more=False)
+            if isinstance(fault, StreamError):
+                await _body(send, _sse("error", {"error": fault.error}), more=False)
                 return
             usage = generation.usage(1)
             del usage["output_tokens_details"]  # the completed event's usage has none (spec)
@@ -588,6 +602,38 @@ class OpenAIEmulator:
         self._transports[host, port].close()
         while (await receive())["type"] != "http.disconnect":
             pass
+
+    async def _misbehave(
+        self, fault: Fault, body: Any, receive: Receive, send: Send, record: RecordedRequest
+    ) -> None:
+        """The faults that are about time or content, not about the connection."""
+        if fault is Fault.HANG:
+            await self._pause(float("inf"), receive, record)
+            return
+        generation = _Generation.of(body)
+        image = generation.image(0)
+        if fault is Fault.BAD_BASE64:
+            image = image[: len(image) // 2 + 1]  # never a whole number of base64 quanta
+        answer = json.dumps({"created": int(time.time()), "data": [{"b64_json": image}]}).encode()
+        if fault is Fault.BAD_BASE64:
+            await _send(send, 200, answer, {})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+        )
+        pieces = 10
+        step = -(-len(answer) // pieces)
+        for start in range(0, len(answer), step):
+            if await self._pause(self.latency / pieces, receive, record):
+                return
+            await _body(send, answer[start : start + step], more=start + step < len(answer))
 
     async def _pause(self, seconds: float, receive: Receive, record: RecordedRequest) -> bool:
         """Wait ``seconds``; True (and the request recorded as cancelled) if the client left."""

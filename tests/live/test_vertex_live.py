@@ -55,8 +55,15 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
             google_application_credentials=key_file,
             vertex_base_url=vertex_url,
             models=fast_deadline,
+            max_attempts=1,  # error mapping here; retries and circuits: tests/faults
+            breaker_threshold=1000,
         )
-        key_mode = Settings(vertex_api_key=API_KEY, vertex_base_url=vertex_url)
+        key_mode = Settings(
+            vertex_api_key=API_KEY,
+            vertex_base_url=vertex_url,
+            max_attempts=1,
+            breaker_threshold=1000,
+        )
         with serve(ImagesApp(token_mode)) as gateway, serve(ImagesApp(key_mode)) as key_gateway:
             up.vertex_url, up.gateway, up.key_gateway = vertex_url, gateway, key_gateway
             yield up

@@ -267,7 +267,8 @@ ERRORS: list[tuple[int, Any, dict[str, str], type[GatewayError], str | None, flo
         "insufficient_quota",
         7.0,
     ),
-    (429, error(429, None), {}, UpstreamRateLimited, "rate_limited", 1.0),
+    # No upstream hint: None here (the router backs off); the client still gets Retry-After: 1.
+    (429, error(429, None), {}, UpstreamRateLimited, "rate_limited", None),
     (500, error(500, None), {}, UpstreamError, "internal_provider_error", None),
     (502, "<html>bad gateway</html>", {}, UpstreamError, "internal_provider_error", None),
     (503, error(503, "server_is_overloaded"), {}, UpstreamError, "provider_overloaded", None),

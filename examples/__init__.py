@@ -1,0 +1,1 @@
+"""Runnable hosts for mesh-images-asgi (see README.md in this folder)."""

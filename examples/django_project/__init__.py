@@ -1,0 +1,1 @@
+"""A minimal Django project whose ``asgi.py`` wraps Django with ``ImagesMiddleware``."""

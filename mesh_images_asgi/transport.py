@@ -1,0 +1,258 @@
+"""The upstream HTTP client the providers use: a tiny interface, two implementations.
+
+    UpstreamClient.post(provider, url, content, headers) -> async context of UpstreamResponse
+      ├── AiohttpUpstream   the default: one ``aiohttp.ClientSession`` per app, straight
+      └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
+
+Why not httpx everywhere: on the request path httpx's client layer (request building, URL
+merging, cookie extraction, response objects) costs more than the whole rest of the gateway;
+measured side by side (``bench/overhead.py``), aiohttp directly is about twice as fast as httpx's
+API over an aiohttp transport, and several times faster than httpx's default transport. People who
+bring their own ``httpx.AsyncClient`` (``ImagesApp(http_client=...)``) still get httpx, and tests
+use ``httpx.MockTransport`` through it.
+
+Both implementations raise the gateway's errors, never their library's: a failure before the
+answer's headers is ``connection_error``, a broken answer is ``bad_response``, a read timeout is
+``gateway_timeout``. Leaving the ``post`` context closes the answer; an unread answer is dropped
+with its connection, which is how an upstream learns nobody waits for it any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import aiohttp
+import anyio
+import httpx
+
+from .errors import GatewayError, GatewayTimeout, UpstreamError
+
+__all__ = [
+    "AiohttpUpstream",
+    "HttpxUpstream",
+    "UpstreamClient",
+    "UpstreamResponse",
+    "as_upstream_client",
+    "broken_answer",
+    "unreachable",
+]
+
+
+def unreachable(provider: str) -> UpstreamError:
+    return UpstreamError(f"Could not reach {provider}.", provider_code="connection_error")
+
+
+def broken_answer(provider: str) -> UpstreamError:
+    return UpstreamError(
+        f"{provider} sent a response we could not read: the connection broke while reading "
+        "the answer.",
+        provider_code="bad_response",
+    )
+
+
+def too_slow(provider: str) -> GatewayTimeout:
+    return GatewayTimeout(f"{provider} did not answer in time.", provider_code="provider_timeout")
+
+
+class UpstreamResponse(Protocol):
+    """An answer whose headers have arrived; its body is read on demand."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive."""
+        ...
+
+    async def aread(self) -> bytes:
+        """The whole body (read once, then cached)."""
+        ...
+
+    def aiter_lines(self) -> AsyncIterator[str]:
+        """The body as text lines without their line endings."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    """What providers need from an HTTP client."""
+
+    def post(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """``async with client.post(...) as response``; errors are ``GatewayError``s."""
+        ...
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AiohttpResponse:
+    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+        self._provider = provider
+        self._response = response
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            raise too_slow(self._provider) from None
+        except aiohttp.ClientError:
+            raise broken_answer(self._provider) from None
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        try:
+            async for line in self._response.content:
+                yield line.decode("utf-8", "replace").rstrip("\r\n")
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            raise too_slow(self._provider) from None
+        except aiohttp.ClientError:
+            raise broken_answer(self._provider) from None
+
+
+class AiohttpUpstream:
+    """The default client: aiohttp, created in the running event loop on first use."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        keepalive_expiry: float = 30.0,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    @asynccontextmanager
+    async def post(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        if self._closed:
+            raise GatewayError("The upstream client is closed.")
+        try:
+            response = await self._get_session().post(
+                url, data=content, headers=headers, allow_redirects=False
+            )
+        except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError):
+            raise too_slow(provider) from None
+        except aiohttp.ClientError:
+            raise unreachable(provider) from None
+        try:
+            yield _AiohttpResponse(provider, response)
+        finally:
+            if not response.closed and response.content.is_eof():
+                response.release()  # fully read: the connection goes back to the pool
+            else:
+                response.close()  # unread or cut short: drop the connection
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+class _HttpxResponse:
+    def __init__(self, provider: str, response: httpx.Response) -> None:
+        self._provider = provider
+        self._response = response
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def aread(self) -> bytes:
+        try:
+            return await self._response.aread()
+        except httpx.TimeoutException:
+            raise too_slow(self._provider) from None
+        except httpx.TransportError:
+            raise broken_answer(self._provider) from None
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        try:
+            async for line in self._response.aiter_lines():
+                yield line
+        except httpx.TimeoutException:
+            raise too_slow(self._provider) from None
+        except httpx.TransportError:
+            raise broken_answer(self._provider) from None
+
+
+class HttpxUpstream:
+    """A user's ``httpx.AsyncClient``; closing this wrapper leaves their client open."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @asynccontextmanager
+    async def post(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        request = self.client.build_request("POST", url, content=content, headers=headers)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise unreachable(provider) from None
+            raise too_slow(provider) from None
+        except httpx.TransportError:
+            raise unreachable(provider) from None
+        try:
+            yield _HttpxResponse(provider, response)
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await response.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.client.is_closed
+
+    async def aclose(self) -> None:
+        return None
+
+
+def as_upstream_client(client: UpstreamClient | httpx.AsyncClient) -> UpstreamClient:
+    """``client`` as an ``UpstreamClient`` (an ``httpx.AsyncClient`` is wrapped)."""
+    if isinstance(client, httpx.AsyncClient):
+        return HttpxUpstream(client)
+    return client

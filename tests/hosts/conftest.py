@@ -1,0 +1,24 @@
+"""Fixtures of the host tests: every upstream client the package creates, recorded."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from mesh_images_asgi import app as app_module
+from mesh_images_asgi.config import Settings
+from mesh_images_asgi.upstream import create_upstream_client
+
+
+@pytest.fixture
+def clients(monkeypatch: pytest.MonkeyPatch) -> list[httpx.AsyncClient]:
+    """The ``httpx.AsyncClient``s made by ``create_upstream_client`` during the test."""
+    made: list[httpx.AsyncClient] = []
+
+    def recording(settings: Settings) -> httpx.AsyncClient:
+        client = create_upstream_client(settings)
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(app_module, "create_upstream_client", recording)
+    return made

@@ -1,0 +1,272 @@
+"""Limits in Redis: atomic across processes, and the fail-open/closed policy when Redis goes away.
+
+Needs the ``redis-server`` binary (each test that stops Redis starts its own); ``.ci/run``
+installs it and starts one for the suite (``MESH_IMAGES_TEST_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from mesh_images_asgi.auth import GatewayKey, hash_key, new_key
+from mesh_images_asgi.ratelimit import RedisLimiter, Window
+from tests.helpers import app_client
+from tests.support.clock import wait_for_a_fresh_minute
+from tests.support.leaks import WATCH
+from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
+from tests.test_app import assert_envelope
+
+GEN = "/v1/images/generations"
+REQUEST = {"model": "local/sketch", "prompt": "fox", "size": "256x256"}
+REDIS_PASSWORD = WATCH.secret("redis-password-0f9e8d7c")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop and start."""
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """CI's Redis when there is one, else a Redis of this module's own."""
+    url = shared_url()
+    if url is not None:
+        yield url
+        return
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fast_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mesh_images_asgi.ratelimit._RETRY_INTERVAL", 0.05)
+
+
+def key_entry(key: str, **limits: Any) -> dict[str, Any]:
+    return {"hash": hash_key(key), "label": f"t-{key[-10:]}", **limits}
+
+
+@pytest.mark.anyio
+async def test_concurrent_hits_from_two_limiters_never_exceed_the_limit(redis_url: str) -> None:
+    label = "concurrent-" + new_key()[-12:]
+    windows = [Window("RPM", 60, 7), Window("RPD", 86_400, 1_000)]
+    first = RedisLimiter(redis_url, fail_open=False)
+    second = RedisLimiter(redis_url, fail_open=False)
+    now = time.time()
+    decisions = []
+
+    async def hit(limiter: RedisLimiter) -> None:
+        decisions.append(await limiter.hit(label, windows, now))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for index in range(40):
+                group.start_soon(hit, (first, second)[index % 2])
+    finally:
+        await first.aclose()
+        await second.aclose()
+    allowed = [decision for decision in decisions if decision.allowed]
+    assert len(allowed) == 7
+    assert sorted(decision.remaining for decision in allowed) == list(range(7))
+    refused = [decision for decision in decisions if not decision.allowed]
+    assert {(decision.window.name, decision.remaining) for decision in refused} == {("RPM", 0)}
+
+
+def _start_gateway(port: int, config: Path, redis: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MESH_IMAGES_REDIS_URL": redis,
+        "MESH_IMAGES_LOCAL_LATENCY": "0",
+        "MESH_IMAGES_LOG_LEVEL": "debug",
+    }
+    command = [sys.executable, "-m", "mesh_images_asgi.cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*command, "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway at {base} did not start")
+        time.sleep(0.1)
+
+
+def test_two_gateway_processes_sharing_one_redis_hold_the_limit_in_total(
+    redis_url: str, tmp_path: Path
+) -> None:
+    key = WATCH.secret(new_key())
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[[keys]]\nhash = "{hash_key(key)}"\nlabel = "two-procs-{key[-8:]}"\nrpm = 5\n'
+    )
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"gateway-{port}.log" for port in ports]
+    processes = [
+        _start_gateway(port, config, redis_url, log) for port, log in zip(ports, logs, strict=True)
+    ]
+    try:
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        for base, process in zip(bases, processes, strict=True):
+            _wait_healthy(base, process)
+        wait_for_a_fresh_minute(needed=5)
+        answers = [
+            httpx.post(
+                f"{bases[index % 2]}{GEN}",
+                json=REQUEST,
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            for index in range(12)
+        ]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(15)
+        for log in logs:
+            WATCH.add_text(log.read_text(errors="replace"))
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [200] * 5 + [429] * 7
+    served_by = [index % 2 for index, answer in enumerate(answers) if answer.status_code == 200]
+    assert set(served_by) == {0, 1}  # both processes served, and counted together
+    remaining = [answer.headers["x-ratelimit-remaining-requests"] for answer in answers[:5]]
+    assert remaining == ["4", "3", "2", "1", "0"]
+    for refused in answers[5:]:
+        error = assert_envelope(refused, 429, "rate_limit_exceeded")
+        assert int(refused.headers["retry-after"]) == error["retry_after_seconds"]
+
+
+def _outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "mesh_images_asgi" and "Redis is" in record.getMessage()
+    ]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_retry")
+async def test_fail_open_limits_each_process_in_memory_while_redis_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh_images_asgi")
+    wait_for_a_fresh_minute(needed=15)
+    key = WATCH.secret(new_key())
+    auth = {"authorization": f"Bearer {key}"}
+    settings = {"api_keys": [key_entry(key, rpm=3)], "redis_url": redis_server.url}
+    async with app_client(**settings, rate_limit_fail_open=True) as client:
+        before = [await client.post(GEN, json=REQUEST, headers=auth) for _ in range(2)]
+        redis_server.stop()
+        during = [await client.post(GEN, json=REQUEST, headers=auth) for _ in range(5)]
+        assert len(_outage_warnings(caplog)) == 1  # once per outage, not once per request
+        redis_server.start()
+        await anyio.sleep(0.1)
+        after = await client.post(GEN, json=REQUEST, headers=auth)
+    assert [answer.status_code for answer in before] == [200, 200]
+    # Redis away: this process alone enforces the key's limit, from a fresh count.
+    assert [answer.status_code for answer in during] == [200, 200, 200, 429, 429]
+    assert_envelope(during[-1], 429, "rate_limit_exceeded")
+    # Redis back (a fresh server, so its counters start again): Redis counts once more.
+    assert after.status_code == 200
+    assert after.headers["x-ratelimit-remaining-requests"] == "2"
+    warnings = _outage_warnings(caplog)
+    assert len(warnings) == 2
+    assert "unavailable" in warnings[0]
+    assert "fail open" in warnings[0]
+    assert "available again" in warnings[1]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_retry")
+async def test_fail_closed_refuses_with_503_while_redis_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh_images_asgi")
+    key = WATCH.secret(new_key())
+    auth = {"authorization": f"Bearer {key}"}
+    settings = {"api_keys": [key_entry(key, rpm=100)], "redis_url": redis_server.url}
+    async with app_client(**settings, rate_limit_fail_open=False) as client:
+        before = await client.post(GEN, json=REQUEST, headers=auth)
+        redis_server.stop()
+        during = [await client.post(GEN, json=REQUEST, headers=auth) for _ in range(3)]
+        redis_server.start()
+        await anyio.sleep(0.1)
+        after = await client.post(GEN, json=REQUEST, headers=auth)
+    assert before.status_code == 200
+    for refused in during:
+        error = assert_envelope(refused, 503, "service_unavailable")
+        assert refused.headers["retry-after"] == "1"
+        assert error["retry_after_seconds"] == 1
+    assert after.status_code == 200
+    warnings = _outage_warnings(caplog)
+    assert len(warnings) == 2
+    assert "fail closed" in warnings[0]
+
+
+@pytest.mark.anyio
+async def test_the_redis_password_never_reaches_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh_images_asgi")
+    key = WATCH.secret(new_key())
+    server = RedisServer(require_redis_server(), password=WATCH.secret("the-right-one-4417"))
+    server.start()
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{server.port}/0"  # the wrong password
+    try:
+        async with app_client(api_keys=[key_entry(key, rpm=5)], redis_url=url) as client:
+            auth = {"authorization": f"Bearer {key}"}
+            answer = await client.post(GEN, json=REQUEST, headers=auth)
+    finally:
+        server.stop()
+    assert answer.status_code == 200  # fail open
+    warnings = _outage_warnings(caplog)
+    assert len(warnings) == 1
+    assert REDIS_PASSWORD not in caplog.text
+    assert REDIS_PASSWORD not in json.dumps(warnings)
+
+
+def test_the_limiter_reports_its_binding_window(redis_url: str) -> None:
+    key = GatewayKey(hash=hash_key(new_key()), label="window-" + new_key()[-8:], rpm=10, rpd=2)
+
+    async def main() -> list[Any]:
+        limiter = RedisLimiter(redis_url, fail_open=False)
+        try:
+            windows = [Window("RPM", 60, key.rpm or 0), Window("RPD", 86_400, key.rpd or 0)]
+            return [await limiter.hit(key.label, windows, time.time()) for _ in range(3)]
+        finally:
+            await limiter.aclose()
+
+    first, second, third = anyio.run(main)
+    assert (first.window.name, first.remaining) == ("RPD", 1)
+    assert (second.allowed, third.allowed) == (True, False)
+    assert third.window.name == "RPD"
