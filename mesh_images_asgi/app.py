@@ -8,13 +8,13 @@ envelope with ``x-request-id``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs
 
 import httpx
+import orjson
 
 from ._asgi import Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
@@ -23,10 +23,13 @@ from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
 from .catalog import Catalog, load_catalog
 from .config import Settings
+from .cost import cost_headers
 from .disconnect import call_until_disconnect
 from .errors import GatewayError, MethodNotAllowed, NotFound, ProviderNotAvailable
 from .inflight import InFlight
+from .metrics import Metrics
 from .openapi import OPENAPI_PATH, openapi_bytes
+from .outcome import CLIENT_CLOSED, Observer, current_outcome
 from .providers import build_providers
 from .providers.base import Provider
 from .ratelimit import Limiter, create_limiter, enforce
@@ -36,7 +39,12 @@ from .responses import images_response
 from .schemas import parse_request
 from .service import ImageService
 from .sse import stream_generation
+from .tracing import Tracing
+from .transport import HttpxUpstream, UpstreamClient
 from .upstream import create_upstream_client
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["GENERATIONS_PATH", "MODELS_PATH", "ImagesApp"]
 
@@ -45,6 +53,7 @@ logger = logging.getLogger("mesh_images_asgi")
 GENERATIONS_PATH = "/v1/images/generations"
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
 _JSON = b"application/json"
@@ -61,11 +70,12 @@ async def _send_json(
     payload: Mapping[str, Any],
     request_id: str,
     headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+) -> int:
+    body = orjson.dumps(payload)
     await send_bytes(
         send, status, body, _JSON, [(b"x-request-id", request_id.encode()), *(headers or [])]
     )
+    return len(body)
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
@@ -94,14 +104,16 @@ def _shutting_down() -> ProviderNotAvailable:
     )
 
 
-async def _send_error(send: Send, error: GatewayError, request_id: str) -> None:
+async def _send_error(send: Send, error: GatewayError, request_id: str) -> int:
+    body = error.envelope(request_id)
     await send_bytes(
         send,
         error.status,
-        error.envelope(request_id),
+        body,
         _JSON,
         [(b"x-request-id", request_id.encode()), *error.response_headers()],
     )
+    return len(body)
 
 
 class ImagesApp:
@@ -118,12 +130,18 @@ class ImagesApp:
     * **providers** - replace the providers the settings would enable (tests, custom upstreams).
     * **catalog** - replace the model catalog.
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
-      one is created (over a fast aiohttp transport) and closed with the app.
+      an aiohttp client is created and closed with the app (see ``transport.py``).
     * **health** - also serve ``GET /healthz`` (the standalone server does).
     * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
+    * **metrics** - the ``Metrics`` to record into (``app.metrics``); by default a new one with its
+      own registry. Hosts expose it with ``host.mount("/metrics", app.metrics.asgi_app())``.
+    * **metrics_route** - also serve ``GET /metrics`` (the standalone server does).
+    * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
+      global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
 
-    With gateway keys configured (``Settings.api_keys``), every route but ``/healthz`` and
-    ``/openapi.json`` asks for one (see ``docs/security.md``).
+    With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
+    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
+    ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
     mounted app), or on first use when the host runs no lifespan; they are released by lifespan
@@ -140,6 +158,9 @@ class ImagesApp:
         http_client: httpx.AsyncClient | None = None,
         health: bool = False,
         openapi: bool = False,
+        metrics: Metrics | None = None,
+        metrics_route: bool = False,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         _register_secrets(self.settings)
@@ -149,7 +170,7 @@ class ImagesApp:
         self._catalog = catalog
         self._service: ImageService | None = None
         self._http_client = http_client
-        self._owned_client: httpx.AsyncClient | None = None
+        self._owned_client: UpstreamClient | None = None
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
         self._routes: dict[str, dict[str, Handler]] = {
@@ -161,6 +182,17 @@ class ImagesApp:
         if openapi:
             self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
             self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
+        if metrics_route:
+            self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.bind(lambda: self._service, lambda: len(self._inflight))
+        self._observer = Observer(
+            self.metrics,
+            Tracing(self.settings.otel, tracer_provider),
+            self._routes,
+            quiet=(HEALTH_PATH, METRICS_PATH),
+            log_prompts=self.settings.log_prompts,
+        )
 
     @property
     def paths(self) -> frozenset[str]:
@@ -176,8 +208,10 @@ class ImagesApp:
             )
             providers = self._providers
             if providers is None:
-                client = self._http_client
-                if client is None:
+                client: UpstreamClient
+                if self._http_client is not None:
+                    client = HttpxUpstream(self._http_client)
+                else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)
             self._service = ImageService(self.settings, catalog, providers)
@@ -238,15 +272,23 @@ class ImagesApp:
             await send({"type": "websocket.close", "code": 1000})
             return
         request_id = request_id_from_header(get_header(scope, b"x-request-id"))
+        outcome = self._observer.start(scope, request_id)
         try:
             await self._dispatch(scope, receive, send, request_id)
         except ClientDisconnected:
-            return
+            outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
-            await _send_error(send, error, request_id)
+            outcome.failed(error)
+            outcome.bytes = await _send_error(send, error, request_id)
         except Exception:
+            outcome.fail(500, "internal_error")
             logger.exception("mesh-images: unhandled error in request %s", request_id)
-            await _send_error(send, _InternalError("Internal error."), request_id)
+            outcome.bytes = await _send_error(send, _InternalError("Internal error."), request_id)
+        except BaseException:  # cancelled by the server or the host
+            outcome.fail(CLIENT_CLOSED, "cancelled")
+            raise
+        finally:
+            self._observer.finish(outcome)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         methods = self._routes.get(route_path(scope))
@@ -268,41 +310,57 @@ class ImagesApp:
     async def _serve_generation(
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
+        outcome = current_outcome()
         key = self._keys.authenticate(scope)  # cheap refusals before a byte of the body is read
         if key is not None:
+            outcome.key = key.label
             send = _with_headers(send, await enforce(self.limiter, key))
         max_bytes = self.settings.max_body_bytes
         check_body_headers(scope, max_bytes)
         request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
         service = self.service
         plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
+        outcome.planned(plan)
         authorize(key, plan.job.entry, request.n)
         if request.stream:
             await stream_generation(service, plan, receive, send, request_id, self.settings)
             return
         routed = await call_until_disconnect(receive, lambda: service.generate(plan))
-        if routed is not None:
+        if routed is None:
+            outcome.fail(CLIENT_CLOSED, "client_disconnected")
+        else:
             body = images_response(routed.job, routed.result)
-            await _send_json(send, 200, body, request_id, routed.routing.headers())
+            headers = [*routed.routing.headers(), *cost_headers(outcome.served(routed))]
+            outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         key = self._keys.authenticate(scope)
         page = self.service.models_page()
         if key is not None:  # a key sees the models it may use
+            current_outcome().key = key.label
             page = {**page, "data": [m for m in page["data"] if key.allows(m["id"], m["aliases"])]}
         wanted = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("type")
         if wanted and "image" not in wanted:
             page = {**page, "data": []}
-        await _send_json(send, 200, page, request_id)
+        current_outcome().bytes = await _send_json(send, 200, page, request_id)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         if self._inflight.draining:  # load balancers stop sending while we drain
             raise _shutting_down()
         await _send_json(send, 200, {"status": "ok"}, request_id)
 
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        if self.settings.metrics_auth:
+            self._keys.authenticate(scope)
+        body, content_type = self.metrics.exposition(
+            (get_header(scope, b"accept") or b"").decode("latin-1")
+        )
+        await send_bytes(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
+
     async def _openapi(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         headers = [(b"x-request-id", request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
+        current_outcome().bytes = len(self._openapi_body)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -100,3 +100,7 @@ class Breakers:
         if breaker is None:
             breaker = self._breakers[key] = Breaker(self._threshold, self._cooldown, self._clock)
         return breaker
+
+    def items(self) -> list[tuple[str, Breaker]]:
+        """The breakers made so far, by key (for metrics)."""
+        return list(self._breakers.items())

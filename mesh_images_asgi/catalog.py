@@ -84,6 +84,10 @@ class ModelEntry(BaseModel):
     """Answer ``b64_json`` whatever ``response_format`` says (Vertex AI, as Mesh does)."""
     max_prompt_chars: int | None = Field(default=None, ge=1)
     price_per_image: float | None = Field(default=None, ge=0)
+    price_per_1m_input_tokens: float | None = Field(default=None, ge=0)
+    """USD per million input tokens, for upstreams that report them (``usage.prompt_tokens``)."""
+    price_per_1m_output_tokens: float | None = Field(default=None, ge=0)
+    """USD per million output tokens (``usage.completion_tokens``); see ``cost.py``."""
     upstream_timeout: float | None = Field(default=None, gt=0)
     fallbacks: tuple[str, ...] = ()
     """Models (ids or aliases) tried in order when this one fails transiently (routing.py)."""

@@ -128,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
+        access_log=False,  # ours is one JSON line per request (docs/operations.md)
         lifespan="on",
     )
     return 0

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     """The TOML file these settings were read from, if any."""
     log_level: str = "info"
 
+    # Operations (docs/operations.md): metrics, access log, tracing.
+    log_prompts: bool = False
+    """Put the prompt (its first 1,000 characters, redacted) in the access log line."""
+    otel: bool | None = None
+    """OpenTelemetry spans: true always, false never, unset when a tracer provider is set."""
+    metrics_auth: bool = False
+    """``GET /metrics`` of the standalone server asks for a gateway key (when keys are set)."""
+
     api_keys: GatewayKeys = ()
     """Gateway keys (``MESH_IMAGES_API_KEYS``, a JSON list, or ``[[keys]]`` tables in the TOML
     file). With none, nobody is asked for a key (see docs/security.md)."""

@@ -1,7 +1,7 @@
 """The standalone app, for ``uvicorn mesh_images_asgi.main:app``.
 
-Settings come from the environment and ``MESH_IMAGES_CONFIG``; ``GET /healthz`` and
-``GET /openapi.json`` are served.
+Settings come from the environment and ``MESH_IMAGES_CONFIG``; ``GET /healthz``,
+``GET /openapi.json`` and ``GET /metrics`` (Prometheus) are served.
 ``create_app`` is the factory form: ``uvicorn --factory mesh_images_asgi.main:create_app``.
 """
 
@@ -14,8 +14,8 @@ __all__ = ["app", "create_app"]
 
 
 def create_app(settings: Settings | None = None) -> ImagesApp:
-    """A standalone ``ImagesApp`` (with ``/healthz`` and ``/openapi.json``)."""
-    return ImagesApp(settings, health=True, openapi=True)
+    """A standalone ``ImagesApp`` (with ``/healthz``, ``/openapi.json`` and ``/metrics``)."""
+    return ImagesApp(settings, health=True, openapi=True, metrics_route=True)
 
 
 app = create_app()

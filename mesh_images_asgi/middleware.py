@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,7 +20,11 @@ from ._lifespan import run_host_lifespan
 from .app import MODELS_PATH, ImagesApp
 from .catalog import Catalog
 from .config import Settings
+from .metrics import Metrics
 from .providers.base import Provider
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["ImagesMiddleware"]
 
@@ -36,7 +41,10 @@ class ImagesMiddleware:
 
     * **app** - the host application.
     * **serve_models** - also answer ``GET /v1/models`` (turn off if the host has its own).
-    * **settings**, **providers**, **catalog**, **http_client** - as for ``ImagesApp``.
+    * **settings**, **providers**, **catalog**, **http_client**, **metrics**,
+      **tracer_provider** - as for ``ImagesApp``; the images app is ``middleware.images`` and its
+      metrics ``middleware.images.metrics`` (pass your own ``Metrics`` to mount them before the
+      middleware is built: ``docs/operations.md``).
     """
 
     def __init__(
@@ -48,10 +56,17 @@ class ImagesMiddleware:
         providers: Mapping[str, Provider] | None = None,
         catalog: Catalog | None = None,
         http_client: httpx.AsyncClient | None = None,
+        metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.app = app
         self.images = ImagesApp(
-            settings, providers=providers, catalog=catalog, http_client=http_client
+            settings,
+            providers=providers,
+            catalog=catalog,
+            http_client=http_client,
+            metrics=metrics,
+            tracer_provider=tracer_provider,
         )
         self._paths = self.images.paths if serve_models else self.images.paths - {MODELS_PATH}
 

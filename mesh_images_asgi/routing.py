@@ -56,6 +56,7 @@ from .errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
+from .outcome import Outcome, current_outcome
 from .providers.base import GenerationJob, PartialImage, PartialSink, Provider, ProviderResult
 
 __all__ = [
@@ -219,6 +220,8 @@ class _Run:
     queued_at: str | None = None
     notes: list[str] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
+    outcome: Outcome = field(default_factory=current_outcome)
+    """The request's record: attempts, retries and the result are observed on it."""
     """Seconds until each unavailable candidate (open circuit, full bulkhead) takes calls."""
 
     async def run(self) -> Routed:
@@ -284,6 +287,7 @@ class _Run:
                     return None
                 self._log(job, error, f"retrying in {delay:.2f} s")
                 retries += 1
+                self.outcome.retried(job)
                 await router.sleep(delay)
             except BaseException:
                 breaker.record(permit, None)
@@ -309,14 +313,15 @@ class _Run:
             for timeout in (self.router.policy.attempt_timeout, entry.upstream_timeout):
                 if timeout is not None:
                     limits.append(now + timeout)
-            with anyio.CancelScope(deadline=min(limits)):
-                provider = self.router.providers[entry.provider]
-                sink = self._sink if self.on_partial is not None else None
-                return await provider.generate(job, sink)
-            raise GatewayTimeout(
-                f"{entry.id} did not answer within {min(limits) - now:.3g} s.",
-                provider_code="provider_timeout",
-            )
+            with self.outcome.attempt(job) as attempt:
+                with anyio.CancelScope(deadline=min(limits)):
+                    provider = self.router.providers[entry.provider]
+                    sink = self._sink if self.on_partial is not None else None
+                    return attempt.succeeded(await provider.generate(job, sink))
+                raise GatewayTimeout(
+                    f"{entry.id} did not answer within {min(limits) - now:.3g} s.",
+                    provider_code="provider_timeout",
+                )
 
     async def _sink(self, partial: PartialImage) -> None:
         assert self.on_partial is not None

@@ -24,17 +24,20 @@ from the last write (not from the last ping), as FastAPI's writer does.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 
 from ._asgi import Message, Receive, Send
 from .config import Settings
+from .cost import with_cost
 from .errors import GatewayError, ProviderNotAvailable
+from .outcome import CLIENT_CLOSED, current_outcome
 from .providers.base import GeneratedImage, PartialImage
 from .responses import OPTIONAL_FIELDS, image_items
 from .routing import Plan
@@ -54,7 +57,7 @@ CUT = ProviderNotAvailable(
 
 def event(payload: dict[str, Any]) -> bytes:
     """One ``data:`` event."""
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 class SendTimeout(Exception):
@@ -96,6 +99,7 @@ class _Writer:
         self._send = send
         self._timeout = timeout
         self.closed = False
+        self.sent = 0
 
     async def __call__(self, message: Message) -> None:
         with anyio.move_on_after(self._timeout) as scope:
@@ -106,6 +110,7 @@ class _Writer:
     async def body(self, data: bytes, more: bool = True) -> None:
         await self({"type": "http.response.body", "body": data, "more_body": more})
         self.closed = not more
+        self.sent += len(data)
 
 
 async def stream_generation(
@@ -120,7 +125,8 @@ async def stream_generation(
 
     The headers go out before the upstream answers, so they name the requested model only
     (``x-mesh-routing-model``); the final chunk (or error event) carries the whole ``routing``
-    record, and its ``model`` is the model that served.
+    record, and its ``model`` is the model that served; its ``usage`` carries ``cost_usd`` when
+    the cost is known.
     """
     job = plan.job
     base: dict[str, Any] = {
@@ -130,6 +136,7 @@ async def stream_generation(
         "model": job.entry.id,
     }
     writer = _Writer(send, settings.send_timeout)
+    outcome = current_outcome()
     mailbox = _Mailbox()
     disconnected = cut = False
 
@@ -143,6 +150,7 @@ async def stream_generation(
         try:
             wants_partials = bool(job.request.partial_images)
             routed = await service.generate(plan, on_partial if wants_partials else None)
+            cost = outcome.served(routed)
             result = routed.result
             items = image_items(routed.job, result.images, result.output_format)
             final: dict[str, Any] = {**base, "data": items, "status": "completed"}
@@ -152,13 +160,18 @@ async def stream_generation(
                 value = getattr(result, key)
                 if value is not None:
                     final[key] = value
+            usage = with_cost(result.usage, cost)
+            if usage is not None:
+                final["usage"] = usage
             mailbox.put(event(final), last=True)
         except GatewayError as error:
+            outcome.failed(error)
             failed = {"error": error.error_object(), "request_id": request_id}
             if error.routing is not None:
                 failed["routing"] = error.routing
             mailbox.put(event(failed), last=True)
         except Exception:
+            outcome.fail(500, "internal_error")
             logger.exception("mesh-images: stream %s failed", request_id)
             error_object = {"code": "internal_error", "message": "Internal error."}
             mailbox.put(event({"error": error_object, "request_id": request_id}), last=True)
@@ -170,6 +183,7 @@ async def stream_generation(
         disconnected = True
         group.cancel_scope.cancel()
 
+    outcome.stream_opened()
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(listen)
@@ -189,10 +203,11 @@ async def stream_generation(
                     }
                 )
                 await writer.body(event({**base, "data": [], "status": "processing"}))
-                await _pump(mailbox, writer, settings.keepalive_interval)
+                await _pump(mailbox, writer, settings.keepalive_interval, outcome.pinged)
             except OSError:
                 disconnected = True  # servers implementing ASGI 2.4 raise on send to a gone client
             except SendTimeout:
+                outcome.fail(CLIENT_CLOSED, "send_timeout")
                 logger.warning(
                     "mesh-images: stream %s ended: the client stopped reading", request_id
                 )
@@ -201,6 +216,11 @@ async def stream_generation(
         cut = True  # by the server (shutdown, a host's timeout): the client is told so
         raise
     finally:
+        outcome.stream_closed()
+        if cut:
+            outcome.failed(CUT)
+        elif disconnected and not writer.closed:  # a disconnect after [DONE] is no failure
+            outcome.fail(CLIENT_CLOSED, "client_disconnected")
         if not disconnected and not writer.closed:
             with (
                 anyio.CancelScope(shield=True),
@@ -210,12 +230,20 @@ async def stream_generation(
                 if cut:
                     failed = event({"error": CUT.error_object(), "request_id": request_id})
                     await send({"type": "http.response.body", "body": failed, "more_body": True})
+                    writer.sent += len(failed)
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
+                writer.sent += len(DONE)
+        outcome.bytes = writer.sent
 
 
-async def _pump(mailbox: _Mailbox, writer: _Writer, interval: float) -> None:
+async def _pump(
+    mailbox: _Mailbox, writer: _Writer, interval: float, pinged: Callable[[], None]
+) -> None:
     """Write frames as they come, a ping after ``interval`` s of silence, then ``[DONE]``."""
     while not mailbox.drained:
         frame = await mailbox.get(interval)
-        await writer.body(PING if frame is None else frame)
+        if frame is None:
+            pinged()
+            frame = PING
+        await writer.body(frame)
     await writer.body(DONE, more=False)

@@ -203,19 +203,22 @@ class _HttpxResponse:
     async def aread(self) -> bytes:
         try:
             return await self._response.aread()
-        except httpx.TimeoutException:
-            raise too_slow(self._provider) from None
-        except httpx.TransportError:
-            raise broken_answer(self._provider) from None
+        except httpx.TransportError as exc:
+            raise _reading_error(self._provider, exc) from None
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         try:
             async for line in self._response.aiter_lines():
                 yield line
-        except httpx.TimeoutException:
-            raise too_slow(self._provider) from None
-        except httpx.TransportError:
-            raise broken_answer(self._provider) from None
+        except httpx.TransportError as exc:
+            raise _reading_error(self._provider, exc) from None
+
+
+def _reading_error(provider: str, exc: httpx.TransportError) -> GatewayError:
+    # httpx-aiohttp reports a connection dropped mid-answer as ConnectTimeout: a broken answer.
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return too_slow(provider)
+    return broken_answer(provider)
 
 
 class HttpxUpstream:

@@ -1,33 +1,21 @@
-"""The one upstream HTTP client a process shares: httpx's API over a fast transport.
+"""The one upstream HTTP client an app creates: aiohttp, behind the ``transport`` interface.
 
-httpx's default transport costs 7-15x more per request than aiohttp on the machines we measured
-(see docs/benchmarks.md), so by default the client is an ``httpx.AsyncClient`` whose transport is
-``httpx_aiohttp.AiohttpTransport``. Users may pass their own ``httpx.AsyncClient`` to ``ImagesApp``
-(tests pass one over ``httpx.MockTransport``); the providers only ever see the httpx API.
+Users who pass their own ``httpx.AsyncClient`` to ``ImagesApp`` get it wrapped instead (see
+``transport.py`` for why the default is not httpx).
 """
 
 from __future__ import annotations
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
-
 from .config import Settings
+from .transport import AiohttpUpstream
 
 __all__ = ["create_upstream_client"]
 
 
-def create_upstream_client(settings: Settings) -> httpx.AsyncClient:
+def create_upstream_client(settings: Settings) -> AiohttpUpstream:
     """A client with explicit timeouts: short connect, a read long enough for a slow generation."""
-    timeout = httpx.Timeout(
-        connect=settings.connect_timeout,
-        read=settings.upstream_timeout,
-        write=settings.connect_timeout * 6,
-        pool=settings.connect_timeout * 2,
-    )
-    limits = httpx.Limits(
+    return AiohttpUpstream(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.upstream_timeout,
         max_connections=settings.max_upstream_connections,
-        max_keepalive_connections=settings.max_upstream_connections,
-        keepalive_expiry=30.0,
     )
-    transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)

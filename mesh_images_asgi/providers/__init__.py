@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from ..config import Settings
+from ..transport import UpstreamClient, as_upstream_client
 from .base import Provider
 from .local import LocalProvider
 from .openai import OpenAIProvider
@@ -13,8 +14,11 @@ from .vertex import vertex_provider
 __all__ = ["build_providers"]
 
 
-def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+def build_providers(
+    settings: Settings, client: UpstreamClient | httpx.AsyncClient
+) -> dict[str, Provider]:
     """The providers these settings enable (``local`` always is), sharing one upstream client."""
+    client = as_upstream_client(client)
     providers: dict[str, Provider] = {"local": LocalProvider(latency=settings.local_latency)}
     openai_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     if openai_key:

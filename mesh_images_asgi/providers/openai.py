@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from ..errors import ContentPolicyViolation, GatewayError, UpstreamError
+from ..transport import UpstreamClient, as_upstream_client
 from ._http import (
     bad_response,
     checked_base64,
@@ -70,20 +71,20 @@ def _payload(job: GenerationJob, *, stream: bool) -> dict[str, Any]:
 
 
 class OpenAIProvider:
-    """The OpenAI Images API (or any upstream speaking it) over a shared httpx client."""
+    """The OpenAI Images API (or any upstream speaking it) over the app's upstream client."""
 
     name = "openai"
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient | httpx.AsyncClient,
         *,
         api_key: str,
         base_url: str,
         organization: str | None = None,
         project: str | None = None,
     ) -> None:
-        self._client = client
+        self._client = as_upstream_client(client)
         self._url = base_url.rstrip("/") + "/images/generations"
         self._headers = {"authorization": f"Bearer {api_key}"}
         if organization:
@@ -115,7 +116,7 @@ class OpenAIProvider:
         last: dict[str, Any] = {}
         headers = self._auth(job)
         async with open_response(self._client, NAME, self._url, payload, headers) as response:
-            if not response.is_success:
+            if not 200 <= response.status_code < 300:
                 content = await read_body(NAME, response)
                 raise _failure(response.status_code, content, response.headers)
             async with aclosing(sse_events(NAME, response)) as events:

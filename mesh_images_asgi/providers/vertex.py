@@ -28,7 +28,8 @@ import httpx
 from ..catalog import ModelEntry
 from ..config import ConfigError, Settings
 from ..errors import InvalidRequest, NotImplementedByGateway
-from ._http import parse_json_object, send_json
+from ..transport import UpstreamClient, as_upstream_client
+from ._http import Answer, parse_json_object, send_json
 from .base import GenerationJob, PartialSink, ProviderResult
 from .vertex_wire import (
     PROVIDER,
@@ -110,7 +111,7 @@ class VertexProvider:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient | httpx.AsyncClient,
         auth: VertexAuth,
         *,
         project: str | None,
@@ -120,7 +121,7 @@ class VertexProvider:
     ) -> None:
         """``project`` None means API-key mode (no project or location in the URL).
         ``token_uri`` mints tokens for the service accounts clients bring (BYOK)."""
-        self._client = client
+        self._client = as_upstream_client(client)
         self._auth = auth
         self._project = project
         self._location = location
@@ -164,7 +165,7 @@ class VertexProvider:
             usage=found.usage,
         )
 
-    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+    async def _post(self, url: str, body: dict[str, Any]) -> Answer:
         headers = await self._auth.headers()
         response = await send_json(self._client, PROVIDER, url, body, headers)
         # A token can be revoked or expire early: refresh it and try once more, as google-auth does.
@@ -173,9 +174,7 @@ class VertexProvider:
             response = await send_json(self._client, PROVIDER, url, body, headers)
         return response
 
-    async def _post_as_client(
-        self, entry: ModelEntry, body: dict[str, Any], raw: str
-    ) -> httpx.Response:
+    async def _post_as_client(self, entry: ModelEntry, body: dict[str, Any], raw: str) -> Answer:
         """POST with the credentials the client brought: its API key, or a token minted now for
         its service account, in its project (and ``region``, else ours)."""
         credentials = client_credentials(raw)
@@ -245,7 +244,9 @@ def client_credentials(raw: str) -> str | dict[str, Any]:
     return info
 
 
-def vertex_provider(settings: Settings, client: httpx.AsyncClient) -> VertexProvider | None:
+def vertex_provider(
+    settings: Settings, client: UpstreamClient | httpx.AsyncClient
+) -> VertexProvider | None:
     """The provider the settings configure, or None when they configure no Vertex credentials.
 
     An API key wins; otherwise ``GOOGLE_APPLICATION_CREDENTIALS`` or, with a project set,

@@ -26,12 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ..catalog import ModelEntry
 from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest, UpstreamAuthError
 from ..redact import redact
 from ._http import (
+    Answer,
     bad_response,
     checked_base64,
     error_for_status,
@@ -301,7 +300,7 @@ def _retry_delay(error: Mapping[str, Any]) -> float | None:
     return None
 
 
-def google_error(response: httpx.Response) -> GatewayError:
+def google_error(response: Answer) -> GatewayError:
     """Our error for a non-2xx Vertex answer in Google's ``{"error": {...}}`` envelope."""
     error = upstream_error_object(response.content)
     if not error:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from mesh_images_asgi import app as app_module
 from mesh_images_asgi.config import Settings
+from mesh_images_asgi.transport import UpstreamClient
 from mesh_images_asgi.upstream import create_upstream_client
 
 
 @pytest.fixture
-def clients(monkeypatch: pytest.MonkeyPatch) -> list[httpx.AsyncClient]:
-    """The ``httpx.AsyncClient``s made by ``create_upstream_client`` during the test."""
-    made: list[httpx.AsyncClient] = []
+def clients(monkeypatch: pytest.MonkeyPatch) -> list[UpstreamClient]:
+    """The upstream clients made by ``create_upstream_client`` during the test."""
+    made: list[UpstreamClient] = []
 
-    def recording(settings: Settings) -> httpx.AsyncClient:
+    def recording(settings: Settings) -> UpstreamClient:
         client = create_upstream_client(settings)
         made.append(client)
         return client

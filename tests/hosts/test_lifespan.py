@@ -18,6 +18,7 @@ from examples import fastapi_app, starlette_app
 from examples.django_project import asgi as django_asgi
 from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
 from mesh_images_asgi._asgi import ASGIApp, Message, Receive, Scope, Send
+from mesh_images_asgi.transport import UpstreamClient
 from tests.emulators.openai import OpenAIEmulator
 from tests.hosts.support import GEN
 from tests.support.live import serve_process
@@ -52,9 +53,7 @@ def asgi_client(app: ASGIApp) -> httpx.AsyncClient:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("host", HOSTS)
-async def test_no_client_left_open_after_shutdown(
-    host: str, clients: list[httpx.AsyncClient]
-) -> None:
+async def test_no_client_left_open_after_shutdown(host: str, clients: list[UpstreamClient]) -> None:
     build, prefix = HOSTS[host]
     app = build(SETTINGS)
     async with LifespanManager(app) as manager:
@@ -129,7 +128,7 @@ class RecordingHost:
 
 @pytest.mark.anyio
 async def test_host_lifespan_passes_unchanged_and_ours_nests_inside_it(
-    clients: list[httpx.AsyncClient],
+    clients: list[UpstreamClient],
 ) -> None:
     log: list[str] = []
 
@@ -156,7 +155,7 @@ async def test_host_lifespan_passes_unchanged_and_ours_nests_inside_it(
 
 @pytest.mark.anyio
 async def test_host_startup_failure_is_forwarded_and_ours_never_start(
-    clients: list[httpx.AsyncClient],
+    clients: list[UpstreamClient],
 ) -> None:
     host = RecordingHost(lambda event: None, fail_startup=True)
     server = FakeServer()
@@ -185,7 +184,7 @@ async def test_our_startup_failure_fails_the_servers_startup(
 
 @pytest.mark.anyio
 async def test_a_host_failing_during_startup_fails_as_without_us(
-    clients: list[httpx.AsyncClient],
+    clients: list[UpstreamClient],
 ) -> None:
     async def failing(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
@@ -216,7 +215,7 @@ LAZY_HOSTS: dict[str, Callable[[Settings], ASGIApp]] = {
 
 @pytest.mark.parametrize("host", LAZY_HOSTS)
 def test_without_lifespan_the_client_closes_with_its_event_loop(
-    host: str, clients: list[httpx.AsyncClient], openai_url: str
+    host: str, clients: list[UpstreamClient], openai_url: str
 ) -> None:
     app = LAZY_HOSTS[host](
         Settings(openai_api_key=OpenAIEmulator().api_key, openai_base_url=openai_url)
@@ -226,7 +225,7 @@ def test_without_lifespan_the_client_closes_with_its_event_loop(
         async with asgi_client(app) as client:
             response = await client.post(GEN, json=OPENAI_IMAGE)
         assert response.status_code == 200, response.text
-        session = clients[-1]._transport.client  # type: ignore[attr-defined]
+        session = clients[-1]._session  # type: ignore[attr-defined]
         assert not session.closed  # a real aiohttp session was opened
         return session
 

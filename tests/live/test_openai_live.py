@@ -23,6 +23,7 @@ from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.errors import GatewayError, GatewayTimeout, UpstreamError
 from mesh_images_asgi.providers.base import PartialImage
 from mesh_images_asgi.providers.openai import OpenAIProvider
+from mesh_images_asgi.transport import HttpxUpstream, UpstreamClient
 from mesh_images_asgi.upstream import create_upstream_client
 from tests.emulators.openai import (
     ErrorReply,
@@ -460,14 +461,17 @@ def test_a_client_leaving_a_stream_cancels_the_upstream_stream(
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
-async def upstream_client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway's default client (httpx over aiohttp), and plain httpx."""
+async def upstream_client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
+    """The gateway's default client (aiohttp), and a user's plain httpx client."""
     if request.param == "aiohttp":
         client = create_upstream_client(Settings(upstream_timeout=0.5))
+        try:
+            yield client
+        finally:
+            await client.aclose()
     else:
-        client = httpx.AsyncClient(timeout=httpx.Timeout(0.5))
-    async with client:
-        yield client
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as user_client:
+            yield HttpxUpstream(user_client)
 
 
 def closed_port() -> int:
