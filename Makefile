@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-litellm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Benchmarks print tables and write them into docs/benchmarks.md. They need wrk (Debian's package);
+# `make bench-litellm` first adds LiteLLM's proxy (its own venv under bench/) to the comparison.
 bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/overhead.py --write docs/benchmarks.md
 	$(BIN)/python bench/streams.py --write docs/benchmarks.md
+
+bench-litellm:
+	$(PYTHON) -m venv bench/.litellm
+	bench/.litellm/bin/python -m pip install --quiet 'litellm[proxy]'
+
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

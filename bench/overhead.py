@@ -220,7 +220,7 @@ def overhead(args: argparse.Namespace) -> str:
 @contextmanager
 def litellm_proxy(port: int, upstream: int) -> Iterator[bool]:
     if not LITELLM.exists():
-        print(f"(LiteLLM not installed at {LITELLM}: `make bench-litellm` installs it)")
+        print(f"(LiteLLM is not installed at {LITELLM}: `make bench-litellm` installs it)")
         yield False
         return
     config = {

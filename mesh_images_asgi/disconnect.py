@@ -14,26 +14,32 @@ import anyio
 
 from ._asgi import Receive
 
-__all__ = ["call_until_disconnect"]
+__all__ = ["DisconnectWatch", "call_until_disconnect"]
 
 T = TypeVar("T")
 
 
+class DisconnectWatch:
+    """The one caller of ``receive`` once the body is read: it cancels ``scope`` on disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.disconnected = False
+
+    async def run(self, scope: anyio.CancelScope) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.disconnected = True
+        scope.cancel()
+
+
 async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
     """``await work()``; None if the client disconnected first (the work is then cancelled)."""
-    disconnected = False
+    watch = DisconnectWatch(receive)
     error: Exception | None = None
     result: T | None = None
     async with anyio.create_task_group() as group:
-
-        async def listen() -> None:
-            nonlocal disconnected
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            disconnected = True
-            group.cancel_scope.cancel()
-
-        group.start_soon(listen)
+        group.start_soon(watch.run, group.cancel_scope)
         try:
             result = await work()
         except Exception as exc:
@@ -41,4 +47,4 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
         group.cancel_scope.cancel()
     if error is not None:
         raise error
-    return None if disconnected else result
+    return None if watch.disconnected else result

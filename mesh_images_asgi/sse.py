@@ -36,6 +36,7 @@ import orjson
 from ._asgi import Message, Receive, Send
 from .config import Settings
 from .cost import with_cost
+from .disconnect import DisconnectWatch
 from .errors import GatewayError, ProviderNotAvailable
 from .outcome import CLIENT_CLOSED, current_outcome
 from .providers.base import GeneratedImage, PartialImage
@@ -138,7 +139,8 @@ async def stream_generation(
     writer = _Writer(send, settings.send_timeout)
     outcome = current_outcome()
     mailbox = _Mailbox()
-    disconnected = cut = False
+    watch = DisconnectWatch(receive)
+    cut = False
 
     async def produce() -> None:
         async def on_partial(partial: PartialImage) -> None:
@@ -176,17 +178,10 @@ async def stream_generation(
             error_object = {"code": "internal_error", "message": "Internal error."}
             mailbox.put(event({"error": error_object, "request_id": request_id}), last=True)
 
-    async def listen() -> None:
-        nonlocal disconnected
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        disconnected = True
-        group.cancel_scope.cancel()
-
     outcome.stream_opened()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(listen)
+            group.start_soon(watch.run, group.cancel_scope)
             group.start_soon(produce)
             try:
                 await writer(
@@ -205,7 +200,7 @@ async def stream_generation(
                 await writer.body(event({**base, "data": [], "status": "processing"}))
                 await _pump(mailbox, writer, settings.keepalive_interval, outcome.pinged)
             except OSError:
-                disconnected = True  # servers implementing ASGI 2.4 raise on send to a gone client
+                watch.disconnected = True  # ASGI 2.4 servers raise on send to a gone client
             except SendTimeout:
                 outcome.fail(CLIENT_CLOSED, "send_timeout")
                 logger.warning(
@@ -219,9 +214,9 @@ async def stream_generation(
         outcome.stream_closed()
         if cut:
             outcome.failed(CUT)
-        elif disconnected and not writer.closed:  # a disconnect after [DONE] is no failure
+        elif watch.disconnected and not writer.closed:  # a disconnect after [DONE] is no failure
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
-        if not disconnected and not writer.closed:
+        if not watch.disconnected and not writer.closed:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(1.0),
