@@ -203,7 +203,7 @@ class Router:
         return await _Run(self, plan, on_partial).run()
 
 
-@dataclass
+@dataclass(slots=True)  # one per request, alive for all of it: thousands at once on streams
 class _Run:
     """The state of one request's routing."""
 
