@@ -313,13 +313,16 @@ class _Run:
             for timeout in (self.router.policy.attempt_timeout, entry.upstream_timeout):
                 if timeout is not None:
                     limits.append(now + timeout)
+            limit = min(limits)
+            provider = self.router.providers[entry.provider]
+            sink = self._sink if self.on_partial is not None else None
             with self.outcome.attempt(job) as attempt:
-                with anyio.CancelScope(deadline=min(limits)):
-                    provider = self.router.providers[entry.provider]
-                    sink = self._sink if self.on_partial is not None else None
+                if limit >= self.deadline:  # run()'s scope bounds it: no second scope to hold
+                    return attempt.succeeded(await provider.generate(job, sink))
+                with anyio.CancelScope(deadline=limit):
                     return attempt.succeeded(await provider.generate(job, sink))
                 raise GatewayTimeout(
-                    f"{entry.id} did not answer within {min(limits) - now:.3g} s.",
+                    f"{entry.id} did not answer within {limit - now:.3g} s.",
                     provider_code="provider_timeout",
                 )
 
