@@ -5,11 +5,12 @@
       └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
 
 Why not httpx everywhere: on the request path httpx's client layer (request building, URL
-merging, cookie extraction, response objects) costs more than the whole rest of the gateway;
-measured side by side (``bench/overhead.py``), aiohttp directly is about twice as fast as httpx's
-API over an aiohttp transport, and several times faster than httpx's default transport. People who
-bring their own ``httpx.AsyncClient`` (``ImagesApp(http_client=...)``) still get httpx, and tests
-use ``httpx.MockTransport`` through it.
+merging, cookie extraction, response objects) took about a quarter of the gateway's CPU in a
+profile under load, and a bare forwarder runs about twice as fast on aiohttp directly as on httpx's
+API over an aiohttp transport, and several times faster than on httpx's default transport
+(``bench/overhead.py`` measures the gateway; docs/benchmarks.md). People who bring their own
+``httpx.AsyncClient`` (``ImagesApp(http_client=...)``) still get httpx, and tests use
+``httpx.MockTransport`` through it.
 
 Both implementations raise the gateway's errors, never their library's: a failure before the
 answer's headers is ``connection_error``, a broken answer is ``bad_response``, a read timeout is
