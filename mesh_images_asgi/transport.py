@@ -36,6 +36,7 @@ __all__ = [
     "UpstreamClient",
     "UpstreamResponse",
     "as_upstream_client",
+    "bad_response",
     "broken_answer",
     "unreachable",
 ]
@@ -45,12 +46,15 @@ def unreachable(provider: str) -> UpstreamError:
     return UpstreamError(f"Could not reach {provider}.", provider_code="connection_error")
 
 
-def broken_answer(provider: str) -> UpstreamError:
+def bad_response(provider: str, why: str) -> UpstreamError:
+    """502 ``upstream_error``/``bad_response``: an answer we could not read, and ``why``."""
     return UpstreamError(
-        f"{provider} sent a response we could not read: the connection broke while reading "
-        "the answer.",
-        provider_code="bad_response",
+        f"{provider} sent a response we could not read: {why}.", provider_code="bad_response"
     )
+
+
+def broken_answer(provider: str) -> UpstreamError:
+    return bad_response(provider, "the connection broke while reading the answer")
 
 
 def too_slow(provider: str) -> GatewayTimeout:

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..redact import redact
 from ..tracing import upstream_headers
-from ..transport import UpstreamClient, UpstreamResponse
+from ..transport import UpstreamClient, UpstreamResponse, bad_response
 
 __all__ = [
     "Answer",
@@ -51,7 +51,6 @@ __all__ = [
     "error_for_status",
     "open_response",
     "parse_json_object",
-    "read_body",
     "redact_object",
     "retry_after_seconds",
     "send_json",
@@ -76,12 +75,6 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
         return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
-
-
-def bad_response(provider: str, why: str) -> UpstreamError:
-    return UpstreamError(
-        f"{provider} sent a response we could not read: {why}.", provider_code="bad_response"
-    )
 
 
 def checked_base64(provider: str, value: str) -> str:
@@ -181,11 +174,6 @@ async def open_response(
     headers = {"content-type": "application/json", **headers, **upstream_headers()}  # traceparent
     async with client.post(provider, url, content, headers) as response:
         yield response
-
-
-async def read_body(provider: str, response: UpstreamResponse) -> bytes:
-    """The whole body of an open response (a broken transfer is already ``bad_response``)."""
-    return await response.aread()
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from ._http import (
     error_for_status,
     open_response,
     parse_json_object,
-    read_body,
     redact_object,
     retry_after_seconds,
     send_json,
@@ -117,7 +116,7 @@ class OpenAIProvider:
         headers = self._auth(job)
         async with open_response(self._client, NAME, self._url, payload, headers) as response:
             if not 200 <= response.status_code < 300:
-                content = await read_body(NAME, response)
+                content = await response.aread()
                 raise _failure(response.status_code, content, response.headers)
             async with aclosing(sse_events(NAME, response)) as events:
                 async for event in events:
