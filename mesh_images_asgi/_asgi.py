@@ -44,10 +44,14 @@ def route_path(scope: Scope) -> str:
 
 
 def get_header(scope: Scope, name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lower-case bytes), or None."""
+    """The first value of header ``name`` (lower-case bytes), or None.
+
+    ASGI servers send header names in lower case (the spec requires it), so they are compared
+    as they are.
+    """
     for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value)
+        if key == name:
+            return value  # type: ignore[no-any-return]
     return None
 
 

@@ -8,11 +8,10 @@ at the first byte past the limit. The whole body must arrive within a deadline (
 
 from __future__ import annotations
 
-import math
-
-import anyio
+import asyncio
 
 from ._asgi import Receive, Scope, get_header
+from ._cancel import CancelScope
 from .errors import RequestTimeout, RequestTooLarge, UnsupportedMediaType
 
 __all__ = ["ClientDisconnected", "check_body_headers", "read_body"]
@@ -54,10 +53,11 @@ async def read_body(receive: Receive, max_bytes: int, time_limit: float | None =
 
     ``ClientDisconnected`` if the client left; 413 past the size, 408 past the deadline.
     """
-    deadline = math.inf if time_limit is None else time_limit
-    with anyio.move_on_after(deadline):
+    if time_limit is None:
         return await _read(receive, max_bytes)
-    raise RequestTimeout(f"The request body did not arrive within {deadline:g} s.")
+    async with CancelScope(asyncio.get_running_loop().time() + time_limit):
+        return await _read(receive, max_bytes)
+    raise RequestTimeout(f"The request body did not arrive within {time_limit:g} s.")
 
 
 async def _read(receive: Receive, max_bytes: int) -> bytes:

@@ -30,6 +30,10 @@ class Permit:
     probe: bool
 
 
+_CALL = Permit(probe=False)
+_PROBE = Permit(probe=True)
+
+
 class Breaker:
     """The circuit of one model."""
 
@@ -61,11 +65,11 @@ class Breaker:
     def admit(self) -> Permit | None:
         """A permit for one call, or None while the circuit refuses calls."""
         if self._opened_at is None:
-            return Permit(probe=False)
+            return _CALL
         if self.retry_after() > 0:
             return None
         self._probing = True
-        return Permit(probe=True)
+        return _PROBE
 
     def record(self, permit: Permit, healthy: bool | None) -> None:
         """The outcome of a permitted call: True success, False failure, None no verdict."""

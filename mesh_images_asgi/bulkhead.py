@@ -10,8 +10,7 @@ was just handed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 import anyio
 
@@ -36,17 +35,16 @@ class Bulkhead:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the block; ``ProviderNotAvailable`` when slots and queue are full."""
+    def slot(self) -> _Slot:
+        """``async with bulkhead.slot()``: hold one slot for the block; ``ProviderNotAvailable``
+        when slots and queue are full."""
+        return _Slot(self)
+
+    async def _acquire(self) -> None:
         if self.active < self.limit and not self._waiters:
             self.active += 1
         else:
             await self._wait()
-        try:
-            yield
-        finally:
-            self._release()
 
     async def _wait(self) -> None:
         if len(self._waiters) >= self.queue:
@@ -71,3 +69,23 @@ class Bulkhead:
             self._waiters.popleft().set()  # the slot moves to the waiter; ``active`` is unchanged
         else:
             self.active -= 1
+
+
+class _Slot:
+    """One slot of a bulkhead, held for an ``async with`` block (a class: this is per request)."""
+
+    __slots__ = ("_bulkhead",)
+
+    def __init__(self, bulkhead: Bulkhead) -> None:
+        self._bulkhead = bulkhead
+
+    async def __aenter__(self) -> None:
+        await self._bulkhead._acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._bulkhead._release()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ._asgi import Scope, get_header
+from ._asgi import Scope
 from .errors import InvalidRequest
 
 __all__ = ["MAX_CHARS", "PROVIDER_HEADERS", "ClientKeys", "read_client_keys"]
@@ -45,10 +45,14 @@ class ClientKeys:
         return keys
 
 
-def _value(scope: Scope, header: str) -> str | None:
-    raw = get_header(scope, header.lower().encode())
-    if raw is None:
-        return None
+_HEADERS: dict[bytes, tuple[str, str | None]] = {
+    header.lower().encode(): (header, provider)
+    for provider, header in [*PROVIDER_HEADERS.items(), (None, ANY_PROVIDER_HEADER)]
+}
+"""The lower-case header names we read: their display name and provider (None: any)."""
+
+
+def _checked(header: str, raw: bytes) -> str:
     value = raw.decode("latin-1").strip()
     if not value or len(value) > MAX_CHARS:
         raise InvalidRequest(
@@ -59,9 +63,16 @@ def _value(scope: Scope, header: str) -> str | None:
 
 def read_client_keys(scope: Scope) -> ClientKeys:
     """The credentials the request's headers carry (400 ``invalid_request`` when malformed)."""
-    by_provider = {
-        provider: value
-        for provider, header in PROVIDER_HEADERS.items()
-        if (value := _value(scope, header)) is not None
-    }
-    return ClientKeys(_value(scope, ANY_PROVIDER_HEADER), by_provider)
+    any_provider: str | None = None
+    by_provider: dict[str, str] = {}
+    for key, raw in scope.get("headers", ()):
+        found = _HEADERS.get(key)
+        if found is None:
+            continue
+        header, provider = found
+        if provider is None:
+            if any_provider is None:
+                any_provider = _checked(header, raw)
+        elif provider not in by_provider:
+            by_provider[provider] = _checked(header, raw)
+    return ClientKeys(any_provider, by_provider)

@@ -12,12 +12,12 @@ it before closing its resources: lifespan shutdown, ``aclose``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 import anyio
 
 from ._asgi import Message, Send
+from ._cancel import CancelScope
 
 __all__ = ["CUT_GRACE", "InFlight", "Tracked"]
 
@@ -25,12 +25,30 @@ CUT_GRACE = 5.0
 
 
 class Tracked:
-    """One tracked request: its cancel scope, and whether its response has started."""
+    """One tracked request: ``async with`` runs it in its cancel scope; and whether its response
+    has started."""
 
-    def __init__(self, send: Send) -> None:
-        self.scope = anyio.CancelScope()
+    __slots__ = ("_inflight", "_send", "scope", "started")
+
+    def __init__(self, inflight: InFlight, send: Send) -> None:
+        self.scope = CancelScope()
         self.started = False
+        self._inflight = inflight
         self._send = send
+
+    async def __aenter__(self) -> Tracked:
+        await self.scope.__aenter__()
+        self._inflight._scopes.add(self.scope)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        self._inflight._left(self.scope)
+        return await self.scope.__aexit__(exc_type, exc, traceback)
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -48,24 +66,21 @@ class InFlight:
 
     def __init__(self) -> None:
         self.draining = False
-        self._scopes: set[anyio.CancelScope] = set()
+        self._scopes: set[CancelScope] = set()
         self._idle: anyio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._scopes)
 
-    @contextmanager
-    def track(self, send: Send) -> Iterator[Tracked]:
-        """Run the block as an in-flight request; use ``tracked.send`` to answer it."""
-        tracked = Tracked(send)
-        with tracked.scope:
-            self._scopes.add(tracked.scope)
-            try:
-                yield tracked
-            finally:
-                self._scopes.discard(tracked.scope)
-                if not self._scopes and self._idle is not None:
-                    self._idle.set()
+    def track(self, send: Send) -> Tracked:
+        """``async with inflight.track(send) as tracked``: run the block as an in-flight request;
+        use ``tracked.send`` to answer it."""
+        return Tracked(self, send)
+
+    def _left(self, scope: CancelScope) -> None:
+        self._scopes.discard(scope)
+        if not self._scopes and self._idle is not None:
+            self._idle.set()
 
     async def drain(self, patience: float) -> int:
         """Refuse new requests, let running ones finish for ``patience`` s, then cut the rest.

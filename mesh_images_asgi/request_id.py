@@ -10,15 +10,15 @@ __all__ = ["new_request_id", "request_id_from_header"]
 
 _VALID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+"""Every 10-bit value as two Crockford base32 characters."""
+_SHIFTS = range(120, -1, -10)
 
 
 def _ulid() -> str:
+    """48 bits of milliseconds then 80 random bits, in Crockford's base32 (26 characters)."""
     value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[value >> shift & 1023] for shift in _SHIFTS])
 
 
 def new_request_id() -> str:

@@ -32,6 +32,7 @@ Retry decisions come from the error's type and ``provider_code``, never from HTT
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -43,6 +44,7 @@ from typing import Any
 
 import anyio
 
+from ._cancel import CancelScope
 from .breaker import Breakers
 from .bulkhead import Bulkhead
 from .config import Settings
@@ -226,8 +228,8 @@ class _Run:
 
     async def run(self) -> Routed:
         policy = self.router.policy
-        self.deadline = anyio.current_time() + self.plan.deadline
-        with anyio.CancelScope(deadline=self.deadline) as scope:
+        self.deadline = asyncio.get_running_loop().time() + self.plan.deadline
+        async with CancelScope(self.deadline) as scope:
             for job in self.plan.jobs:
                 if self.attempts >= policy.max_attempts:
                     self.notes.append(f"attempt budget ({policy.max_attempts}) spent")
@@ -308,7 +310,7 @@ class _Run:
         async with slot:
             self.queued_at = None
             self.attempts += 1
-            now = anyio.current_time()
+            now = asyncio.get_running_loop().time()
             limits = [self.deadline]
             for timeout in (self.router.policy.attempt_timeout, entry.upstream_timeout):
                 if timeout is not None:
@@ -319,7 +321,7 @@ class _Run:
             with self.outcome.attempt(job) as attempt:
                 if limit >= self.deadline:  # run()'s scope bounds it: no second scope to hold
                     return attempt.succeeded(await provider.generate(job, sink))
-                with anyio.CancelScope(deadline=limit):
+                async with CancelScope(limit):
                     return attempt.succeeded(await provider.generate(job, sink))
                 raise GatewayTimeout(
                     f"{entry.id} did not answer within {limit - now:.3g} s.",
@@ -348,7 +350,7 @@ class _Run:
                 return None
         else:
             delay = policy.backoff_delay(retries, self.router.jitter())
-        if anyio.current_time() + delay >= self.deadline:
+        if asyncio.get_running_loop().time() + delay >= self.deadline:
             return None
         return delay
 

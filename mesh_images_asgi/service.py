@@ -103,7 +103,7 @@ class ImageService:
         """
         primary = self.prepare(request)
         credentials = keys.resolve(primary.entry.provider) if keys else {}
-        job = replace(primary, client_credentials=credentials)
+        job = replace(primary, client_credentials=credentials) if credentials else primary
         fallbacks: list[GenerationJob] = []
         skipped: list[str] = []
         seen = {job.entry.id}

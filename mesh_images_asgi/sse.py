@@ -181,7 +181,7 @@ async def stream_generation(
     outcome.stream_opened()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(watch.run, group.cancel_scope)
+            group.start_soon(watch.run, group.cancel_scope.cancel)
             group.start_soon(produce)
             try:
                 await writer(

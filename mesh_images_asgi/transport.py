@@ -1,6 +1,7 @@
 """The upstream HTTP client the providers use: a tiny interface, two implementations.
 
     UpstreamClient.post(provider, url, content, headers) -> async context of UpstreamResponse
+    UpstreamClient.fetch(provider, url, content, headers) -> Answer (the whole body, read)
       ├── AiohttpUpstream   the default: one ``aiohttp.ClientSession`` per app, straight
       └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -32,6 +34,7 @@ from .errors import GatewayError, GatewayTimeout, UpstreamError
 
 __all__ = [
     "AiohttpUpstream",
+    "Answer",
     "HttpxUpstream",
     "UpstreamClient",
     "UpstreamResponse",
@@ -61,6 +64,19 @@ def too_slow(provider: str) -> GatewayTimeout:
     return GatewayTimeout(f"{provider} did not answer in time.", provider_code="provider_timeout")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole upstream answer."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
 class UpstreamResponse(Protocol):
     """An answer whose headers have arrived; its body is read on demand."""
 
@@ -88,6 +104,12 @@ class UpstreamClient(Protocol):
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> AbstractAsyncContextManager[UpstreamResponse]:
         """``async with client.post(...) as response``; errors are ``GatewayError``s."""
+        ...
+
+    async def fetch(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        """POST and read the whole answer (the common case, without a context to enter)."""
         ...
 
     @property
@@ -159,27 +181,39 @@ class AiohttpUpstream:
             )
         return self._session
 
-    @asynccontextmanager
-    async def post(
+    async def _open(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> AsyncIterator[UpstreamResponse]:
+    ) -> aiohttp.ClientResponse:
         if self._closed:
             raise GatewayError("The upstream client is closed.")
         try:
-            response = await self._get_session().post(
+            return await self._get_session().post(
                 url, data=content, headers=headers, allow_redirects=False
             )
         except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError):
             raise too_slow(provider) from None
         except aiohttp.ClientError:
             raise unreachable(provider) from None
+
+    @asynccontextmanager
+    async def post(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        response = await self._open(provider, url, content, headers)
         try:
             yield _AiohttpResponse(provider, response)
         finally:
-            if not response.closed and response.content.is_eof():
-                response.release()  # fully read: the connection goes back to the pool
-            else:
-                response.close()  # unread or cut short: drop the connection
+            _done(response)
+
+    async def fetch(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        response = await self._open(provider, url, content, headers)
+        try:
+            body = await _AiohttpResponse(provider, response).aread()
+        finally:
+            _done(response)
+        return Answer(response.status, response.headers, body)
 
     @property
     def is_closed(self) -> bool:
@@ -190,6 +224,13 @@ class AiohttpUpstream:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _done(response: aiohttp.ClientResponse) -> None:
+    if not response.closed and response.content.is_eof():
+        response.release()  # fully read: the connection goes back to the pool
+    else:
+        response.close()  # unread or cut short: drop the connection
 
 
 class _HttpxResponse:
@@ -250,6 +291,13 @@ class HttpxUpstream:
         finally:
             with anyio.move_on_after(5, shield=True):
                 await response.aclose()
+
+    async def fetch(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        async with self.post(provider, url, content, headers) as response:
+            body = await response.aread()
+            return Answer(response.status_code, response.headers, body)
 
     @property
     def is_closed(self) -> bool:

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..redact import redact
 from ..tracing import upstream_headers
-from ..transport import UpstreamClient, UpstreamResponse, bad_response
+from ..transport import Answer, UpstreamClient, UpstreamResponse, bad_response
 
 __all__ = [
     "Answer",
@@ -128,8 +128,8 @@ def error_for_status(
 def parse_json_object(provider: str, content: bytes | str) -> dict[str, Any]:
     """A JSON object body, or ``bad_response``."""
     try:
-        data = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
         raise bad_response(provider, "the body is not JSON") from None
     if not isinstance(data, dict):
         raise bad_response(provider, "the body is not a JSON object")
@@ -176,19 +176,6 @@ async def open_response(
         yield response
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A whole upstream answer."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.status_code < 300
-
-
 async def send_json(
     client: UpstreamClient,
     provider: str,
@@ -197,9 +184,8 @@ async def send_json(
     headers: Mapping[str, str],
 ) -> Answer:
     """POST ``payload`` as JSON and read the whole answer; transport failures become our errors."""
-    async with open_response(client, provider, url, payload, headers) as response:
-        content = await response.aread()
-        return Answer(response.status_code, response.headers, content)
+    headers = {"content-type": "application/json", **headers, **upstream_headers()}  # traceparent
+    return await client.fetch(provider, url, orjson.dumps(payload), headers)
 
 
 @dataclass(frozen=True, slots=True)
