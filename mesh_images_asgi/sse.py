@@ -15,14 +15,17 @@ server-side cancellation) unless the client is gone, in which case nothing more 
 server-side cancellation (shutdown drain, a host's timeout) writes an error event
 (``provider_not_available``) just before that ``[DONE]``, so that a cut stream never looks done.
 
-Memory matters here (thousands of streams wait at once), so the mailbox is a list with one
-event instead of a memory object stream, and there is no separate keep-alive task.
+Memory matters here (thousands of streams wait at once): the producer and the listener are bare
+asyncio tasks (an anyio task group with its scope and task handles cost about 3 KiB more per
+stream; bench/streams.py), the mailbox is a list and a future instead of a memory object stream,
+and a ping is a timer resolving that future, not a separate keep-alive task.
 Deliberate divergence from sse-starlette: pings are comments ``: ping`` with no timestamp, timed
 from the last write (not from the last ping), as FastAPI's writer does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -34,6 +37,7 @@ import anyio
 import orjson
 
 from ._asgi import Message, Receive, Send
+from ._cancel import CancelScope
 from .config import Settings
 from .cost import with_cost
 from .disconnect import DisconnectWatch
@@ -61,31 +65,46 @@ def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+STOP_GRACE = 5.0
+"""Seconds a cancelled generation gets to finish when its stream ends."""
+
+
 class SendTimeout(Exception):
     """One ``send`` took longer than ``send_timeout``: the client stopped reading."""
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Mailbox:
     """Frames from the producer to the writer, in order; the last one is marked."""
 
+    __slots__ = ("_frames", "_wakeup", "finished")
+
     def __init__(self) -> None:
         self._frames: list[bytes] = []  # a few frames at most; a deque's block costs 0.6 KiB
-        self._wakeup: anyio.Event | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self.finished = False
 
     def put(self, frame: bytes, last: bool = False) -> None:
         self._frames.append(frame)
         self.finished = last
         if self._wakeup is not None:
-            self._wakeup.set()
+            _wake(self._wakeup)
 
     async def get(self, patience: float) -> bytes | None:
         """The next frame, or None after ``patience`` s without one."""
         if not self._frames:
-            self._wakeup = anyio.Event()
-            with anyio.move_on_after(patience):
-                await self._wakeup.wait()
-            self._wakeup = None
+            loop = asyncio.get_running_loop()
+            self._wakeup = waiter = loop.create_future()
+            timer = loop.call_later(patience, _wake, waiter)  # no frame in time: a ping
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._wakeup = None
         return self._frames.pop(0) if self._frames else None
 
     @property
@@ -96,6 +115,8 @@ class _Mailbox:
 class _Writer:
     """Sends with a timeout, and remembers whether the response is finished."""
 
+    __slots__ = ("_send", "_timeout", "closed", "sent")
+
     def __init__(self, send: Send, timeout: float) -> None:
         self._send = send
         self._timeout = timeout
@@ -103,7 +124,8 @@ class _Writer:
         self.sent = 0
 
     async def __call__(self, message: Message) -> None:
-        with anyio.move_on_after(self._timeout) as scope:
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        async with CancelScope(deadline) as scope:
             await self._send(message)
         if scope.cancelled_caught:
             raise SendTimeout
@@ -179,10 +201,12 @@ async def stream_generation(
             mailbox.put(event({"error": error_object, "request_id": request_id}), last=True)
 
     outcome.stream_opened()
+    loop = asyncio.get_running_loop()
+    producer = loop.create_task(produce())
+    listener: asyncio.Task[None] | None = None
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch.run, group.cancel_scope.cancel)
-            group.start_soon(produce)
+        async with CancelScope() as scope:
+            listener = loop.create_task(watch.run(scope.cancel))
             try:
                 await writer(
                     {
@@ -206,11 +230,11 @@ async def stream_generation(
                 logger.warning(
                     "mesh-images: stream %s ended: the client stopped reading", request_id
                 )
-            group.cancel_scope.cancel()
-    except anyio.get_cancelled_exc_class():
+    except asyncio.CancelledError:
         cut = True  # by the server (shutdown, a host's timeout): the client is told so
         raise
     finally:
+        await _stop(producer, listener)
         outcome.stream_closed()
         if cut:
             outcome.failed(CUT)
@@ -229,6 +253,18 @@ async def stream_generation(
                 await send({"type": "http.response.body", "body": DONE, "more_body": False})
                 writer.sent += len(DONE)
         outcome.bytes = writer.sent
+
+
+async def _stop(producer: asyncio.Task[None], listener: asyncio.Task[None] | None) -> None:
+    """Cancel the producer (and so the upstream call) and the listener, and wait until they
+    are done: nothing of the stream outlives it."""
+    tasks = [producer] if listener is None else [producer, listener]
+    for task in tasks:
+        task.cancel()
+    with anyio.CancelScope(shield=True), anyio.move_on_after(STOP_GRACE):
+        await asyncio.wait(tasks)
+    if not producer.done():
+        logger.error("mesh-images: a stream's generation ignored its cancellation")
 
 
 async def _pump(

@@ -258,3 +258,26 @@ async def test_local_provider_partials_end_to_end() -> None:
     statuses = [e["status"] for e in run.events()]
     assert statuses == ["processing", "partial", "partial", "completed"]
     assert len(run.events()[-1]["data"]) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ending", ["completed", "disconnect", "server_cancel"])
+async def test_no_task_outlives_the_stream(ending: str) -> None:
+    import asyncio
+
+    before = asyncio.all_tasks()
+    provider = ScriptedProvider(latency=0.2 if ending == "completed" else 30)
+    run = Run(provider, {})
+    if ending == "completed":
+        await run()
+    elif ending == "disconnect":
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await anyio.sleep(0.15)
+            run.disconnect.set()
+    else:
+        with anyio.move_on_after(0.15):
+            await run()
+    assert asyncio.all_tasks() == before  # the producer and the listener were awaited
+    if ending != "completed":
+        assert provider.cancelled_at is not None
