@@ -302,7 +302,7 @@ class ImagesApp:
     async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         if self._inflight.draining:
             raise _shutting_down()
-        async with self._inflight.track(send) as tracked:
+        with self._inflight.track(send) as tracked:
             await self._serve_generation(scope, receive, tracked.send, request_id)
         if tracked.cut and not tracked.started:
             raise _shutting_down()

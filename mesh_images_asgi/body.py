@@ -55,7 +55,7 @@ async def read_body(receive: Receive, max_bytes: int, time_limit: float | None =
     """
     if time_limit is None:
         return await _read(receive, max_bytes)
-    async with CancelScope(asyncio.get_running_loop().time() + time_limit):
+    with CancelScope(asyncio.get_running_loop().time() + time_limit):
         return await _read(receive, max_bytes)
     raise RequestTimeout(f"The request body did not arrive within {time_limit:g} s.")
 

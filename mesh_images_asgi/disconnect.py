@@ -52,7 +52,7 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
     """
     watch = DisconnectWatch(receive)
     listener: asyncio.Task[None] | None = None
-    async with CancelScope() as scope:
+    with CancelScope() as scope:
 
         def listen() -> None:
             nonlocal listener

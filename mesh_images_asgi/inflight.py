@@ -25,7 +25,7 @@ CUT_GRACE = 5.0
 
 
 class Tracked:
-    """One tracked request: ``async with`` runs it in its cancel scope; and whether its response
+    """One tracked request: ``with`` runs it in its cancel scope; and whether its response
     has started."""
 
     __slots__ = ("_inflight", "_send", "scope", "started")
@@ -36,19 +36,19 @@ class Tracked:
         self._inflight = inflight
         self._send = send
 
-    async def __aenter__(self) -> Tracked:
-        await self.scope.__aenter__()
+    def __enter__(self) -> Tracked:
+        self.scope.__enter__()
         self._inflight._scopes.add(self.scope)
         return self
 
-    async def __aexit__(
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
         self._inflight._left(self.scope)
-        return await self.scope.__aexit__(exc_type, exc, traceback)
+        return self.scope.__exit__(exc_type, exc, traceback)
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -73,7 +73,7 @@ class InFlight:
         return len(self._scopes)
 
     def track(self, send: Send) -> Tracked:
-        """``async with inflight.track(send) as tracked``: run the block as an in-flight request;
+        """``with inflight.track(send) as tracked``: run the block as an in-flight request;
         use ``tracked.send`` to answer it."""
         return Tracked(self, send)
 

@@ -229,7 +229,7 @@ class _Run:
     async def run(self) -> Routed:
         policy = self.router.policy
         self.deadline = asyncio.get_running_loop().time() + self.plan.deadline
-        async with CancelScope(self.deadline) as scope:
+        with CancelScope(self.deadline) as scope:
             for job in self.plan.jobs:
                 if self.attempts >= policy.max_attempts:
                     self.notes.append(f"attempt budget ({policy.max_attempts}) spent")
@@ -321,7 +321,7 @@ class _Run:
             with self.outcome.attempt(job) as attempt:
                 if limit >= self.deadline:  # run()'s scope bounds it: no second scope to hold
                     return attempt.succeeded(await provider.generate(job, sink))
-                async with CancelScope(limit):
+                with CancelScope(limit):
                     return attempt.succeeded(await provider.generate(job, sink))
                 raise GatewayTimeout(
                     f"{entry.id} did not answer within {limit - now:.3g} s.",

@@ -125,7 +125,7 @@ class _Writer:
 
     async def __call__(self, message: Message) -> None:
         deadline = asyncio.get_running_loop().time() + self._timeout
-        async with CancelScope(deadline) as scope:
+        with CancelScope(deadline) as scope:
             await self._send(message)
         if scope.cancelled_caught:
             raise SendTimeout
@@ -205,7 +205,7 @@ async def stream_generation(
     producer = loop.create_task(produce())
     listener: asyncio.Task[None] | None = None
     try:
-        async with CancelScope() as scope:
+        with CancelScope() as scope:
             listener = loop.create_task(watch.run(scope.cancel))
             try:
                 await writer(

@@ -20,7 +20,7 @@ def _now() -> float:
 
 async def test_a_deadline_ends_the_block_quietly() -> None:
     reached = False
-    async with CancelScope(_now() + 0.01) as scope:
+    with CancelScope(_now() + 0.01) as scope:
         await asyncio.sleep(10)
         reached = True
     assert scope.cancelled_caught
@@ -29,14 +29,14 @@ async def test_a_deadline_ends_the_block_quietly() -> None:
 
 
 async def test_a_block_that_finishes_in_time_is_not_cancelled() -> None:
-    async with CancelScope(_now() + 10) as scope:
+    with CancelScope(_now() + 10) as scope:
         await asyncio.sleep(0)
     assert not scope.cancelled_caught
     await asyncio.sleep(0.01)  # no stray cancellation arrives later
 
 
 async def test_cancel_from_another_task() -> None:
-    async with CancelScope() as scope:
+    with CancelScope() as scope:
         asyncio.get_running_loop().call_later(0.01, scope.cancel)
         await asyncio.sleep(10)
     assert scope.cancelled_caught
@@ -46,13 +46,13 @@ async def test_cancel_from_another_task() -> None:
 async def test_cancel_before_entering_cancels_at_once() -> None:
     scope = CancelScope()
     scope.cancel()
-    async with scope:
+    with scope:
         await asyncio.sleep(10)
     assert scope.cancelled_caught
 
 
 async def test_cancel_after_leaving_does_nothing() -> None:
-    async with CancelScope() as scope:
+    with CancelScope() as scope:
         pass
     scope.cancel()
     await asyncio.sleep(0.01)
@@ -60,27 +60,25 @@ async def test_cancel_after_leaving_does_nothing() -> None:
 
 
 async def test_a_timeout_error_from_the_block_goes_through() -> None:
-    with pytest.raises(TimeoutError):
-        async with CancelScope(_now() + 10):
-            raise TimeoutError
-    with pytest.raises(ValueError, match="boom"):
-        async with CancelScope(_now() + 10):
-            raise ValueError("boom")
+    with pytest.raises(TimeoutError), CancelScope(_now() + 10):
+        raise TimeoutError
+    with pytest.raises(ValueError, match="boom"), CancelScope(_now() + 10):
+        raise ValueError("boom")
 
 
 async def test_an_outer_cancellation_goes_through_the_inner_scope() -> None:
     inner = CancelScope()
-    async with CancelScope() as outer:
+    with CancelScope() as outer:
         asyncio.get_running_loop().call_later(0.01, outer.cancel)
-        async with inner:
+        with inner:
             await asyncio.sleep(10)
     assert outer.cancelled_caught
     assert not inner.cancelled_caught
 
 
 async def test_the_inner_deadline_is_caught_by_the_inner_scope() -> None:
-    async with CancelScope(_now() + 10) as outer:
-        async with CancelScope(_now() + 0.01) as inner:
+    with CancelScope(_now() + 10) as outer:
+        with CancelScope(_now() + 0.01) as inner:
             await asyncio.sleep(10)
         await asyncio.sleep(0)
     assert inner.cancelled_caught
@@ -90,7 +88,7 @@ async def test_the_inner_deadline_is_caught_by_the_inner_scope() -> None:
 async def test_an_anyio_scope_around_it_still_cancels() -> None:
     inner = CancelScope()
     with anyio.move_on_after(0.01) as outer:
-        async with inner:
+        with inner:
             await asyncio.sleep(10)
     assert outer.cancelled_caught
     assert not inner.cancelled_caught
@@ -98,7 +96,7 @@ async def test_an_anyio_scope_around_it_still_cancels() -> None:
 
 async def test_a_task_cancelled_from_outside_stays_cancelled() -> None:
     async def work() -> None:
-        async with CancelScope(_now() + 10):
+        with CancelScope(_now() + 10):
             await asyncio.sleep(10)
 
     task = asyncio.get_running_loop().create_task(work())
@@ -204,3 +202,27 @@ async def test_a_failing_receive_counts_as_a_disconnect() -> None:
         return "never"
 
     assert await call_until_disconnect(receive, work) is None
+
+
+async def test_a_deadline_already_past_cancels_at_the_first_await() -> None:
+    with CancelScope(_now() - 1) as scope:
+        await asyncio.sleep(10)
+    assert scope.cancelled_caught
+
+
+async def test_cancel_twice_is_one_cancellation() -> None:
+    with CancelScope() as scope:
+        scope.cancel()
+        scope.cancel()
+        await asyncio.sleep(10)
+    assert scope.cancelled_caught
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await asyncio.sleep(0)  # no cancellation left pending
+
+
+async def test_a_scope_is_entered_once() -> None:
+    scope = CancelScope()
+    with scope:
+        pass
+    with pytest.raises(RuntimeError), scope:
+        pass
