@@ -82,6 +82,10 @@ class HotCounter:
             child = self._children[values] = _CounterChild()
         return child
 
+    def describe(self) -> Iterator[Metric]:
+        """The names, for the registry's duplicate check."""
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for values, child in list(self._children.items()):
@@ -119,6 +123,10 @@ class HotHistogram:
                 raise ValueError(f"{self.name} takes labels {self.labels}")
             child = self._children[values] = _HistogramChild(self.buckets)
         return child
+
+    def describe(self) -> Iterator[Metric]:
+        """The names, for the registry's duplicate check."""
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)

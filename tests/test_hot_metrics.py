@@ -67,3 +67,12 @@ def test_mistakes_are_refused() -> None:
         counter("/a").inc(-1)
     with pytest.raises(ValueError, match="increasing"):
         HotHistogram("demo_seconds", "Time.", (), (2, 1))
+
+
+def test_a_name_is_registered_once() -> None:
+    registry = CollectorRegistry()
+    HotCounter("demo_requests", "Requests.", ("route",), registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        Counter("demo_requests", "Requests.", ("route",), registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        HotHistogram("demo_requests", "Requests.", (), BUCKETS, registry=registry)
