@@ -171,8 +171,7 @@ async def open_response(
     drops the connection, which is how the upstream learns that nobody waits for it any more.
     """
     content = orjson.dumps(payload)
-    headers = {"content-type": "application/json", **headers, **upstream_headers()}  # traceparent
-    async with client.post(provider, url, content, headers) as response:
+    async with client.post(provider, url, content, _json_headers(headers)) as response:
         yield response
 
 
@@ -184,8 +183,12 @@ async def send_json(
     headers: Mapping[str, str],
 ) -> Answer:
     """POST ``payload`` as JSON and read the whole answer; transport failures become our errors."""
-    headers = {"content-type": "application/json", **headers, **upstream_headers()}  # traceparent
-    return await client.fetch(provider, url, orjson.dumps(payload), headers)
+    return await client.fetch(provider, url, orjson.dumps(payload), _json_headers(headers))
+
+
+def _json_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A JSON request's headers: ours, the provider's, and the trace context when tracing."""
+    return {"content-type": "application/json", **headers, **upstream_headers()}
 
 
 @dataclass(frozen=True, slots=True)
