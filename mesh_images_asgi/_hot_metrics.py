@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -56,7 +57,55 @@ class _HistogramChild:
         self.sum += amount
 
 
-class HotCounter:
+Child = TypeVar("Child", _CounterChild, _HistogramChild)
+
+
+class _Labelled(Generic[Child]):
+    """A labelled series: its children by label values, and its place in a registry."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        registry: CollectorRegistry | None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self._children: dict[tuple[str, ...], Child] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def __call__(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labels):
+                raise ValueError(f"{self.name} takes labels {self.labels}")
+            child = self._children[values] = self._new_child()
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        """The names, for the registry's duplicate check."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in list(self._children.items()):
+            self._add(family, values, child)
+        yield family
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, values: tuple[str, ...], child: Child) -> None:
+        raise NotImplementedError
+
+
+class HotCounter(_Labelled[_CounterChild]):
     """A labelled counter: ``counter(*label_values).inc(amount)``."""
 
     def __init__(
@@ -67,33 +116,20 @@ class HotCounter:
         *,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = tuple(labels)
-        self._children: dict[tuple[str, ...], _CounterChild] = {}
-        if registry is not None:
-            registry.register(self)
+        super().__init__(name, documentation, labels, registry)
 
-    def __call__(self, *values: str) -> _CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labels):
-                raise ValueError(f"{self.name} takes labels {self.labels}")
-            child = self._children[values] = _CounterChild()
-        return child
+    def _new_child(self) -> _CounterChild:
+        return _CounterChild()
 
-    def describe(self) -> Iterator[Metric]:
-        """The names, for the registry's duplicate check."""
-        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
 
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value, created=child.created)
-        yield family
+    def _add(self, family: Metric, values: tuple[str, ...], child: _CounterChild) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(values, child.value, created=child.created)
 
 
-class HotHistogram:
+class HotHistogram(_Labelled[_HistogramChild]):
     """A labelled histogram: ``histogram(*label_values).observe(amount)``."""
 
     def __init__(
@@ -105,38 +141,26 @@ class HotHistogram:
         *,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labels = tuple(labels)
         self.buckets = tuple(float(bound) for bound in buckets)
         if list(self.buckets) != sorted(set(self.buckets)):
             raise ValueError("buckets must be increasing")
-        self._le = [str(floatToGoString(bound)) for bound in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        if registry is not None:
-            registry.register(self)
+        le = [floatToGoString(bound) for bound in self.buckets]  # type: ignore[no-untyped-call]
+        self._le = [*map(str, le), "+Inf"]
+        super().__init__(name, documentation, labels, registry)
 
-    def __call__(self, *values: str) -> _HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self.labels):
-                raise ValueError(f"{self.name} takes labels {self.labels}")
-            child = self._children[values] = _HistogramChild(self.buckets)
-        return child
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(self.buckets)
 
-    def describe(self) -> Iterator[Metric]:
-        """The names, for the registry's duplicate check."""
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
 
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-        for values, child in list(self._children.items()):
-            cumulative, buckets = 0, []
-            for le, count in zip(self._le, list(child.counts), strict=True):
-                cumulative += count
-                buckets.append((le, float(cumulative)))
-            family.add_metric(values, buckets, child.sum)
-            family.add_sample(
-                self.name + "_created", dict(zip(self.labels, values, strict=True)), child.created
-            )
-        yield family
+    def _add(self, family: Metric, values: tuple[str, ...], child: _HistogramChild) -> None:
+        assert isinstance(family, HistogramMetricFamily)
+        cumulative, buckets = 0, []
+        for le, count in zip(self._le, list(child.counts), strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        family.add_metric(values, buckets, child.sum)
+        family.add_sample(
+            self.name + "_created", dict(zip(self.labels, values, strict=True)), child.created
+        )
