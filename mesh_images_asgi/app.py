@@ -272,9 +272,10 @@ class ImagesApp:
             await send({"type": "websocket.close", "code": 1000})
             return
         request_id = request_id_from_header(get_header(scope, b"x-request-id"))
-        outcome = self._observer.start(scope, request_id)
+        path = route_path(scope)
+        outcome = self._observer.start(scope, path, request_id)
         try:
-            await self._dispatch(scope, receive, send, request_id)
+            await self._dispatch(scope, path, receive, send, request_id)
         except ClientDisconnected:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
@@ -290,8 +291,10 @@ class ImagesApp:
         finally:
             self._observer.finish(outcome)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        methods = self._routes.get(route_path(scope))
+    async def _dispatch(
+        self, scope: Scope, path: str, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        methods = self._routes.get(path)
         if methods is None:
             raise NotFound(f"No route for {scope['path']!r}.")
         handler = methods.get(scope["method"])

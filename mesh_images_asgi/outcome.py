@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import accesslog
-from ._asgi import Scope, route_path
+from ._asgi import Scope
 from .cost import estimate
 from .errors import GatewayError
 from .metrics import Metrics
@@ -96,9 +96,9 @@ class Observer:
         self._quiet = quiet
         accesslog.install()
 
-    def start(self, scope: Scope, request_id: str) -> Outcome:
-        """A record for this HTTP request, made current (with its span when tracing is on)."""
-        path = route_path(scope)
+    def start(self, scope: Scope, path: str, request_id: str) -> Outcome:
+        """A record for this HTTP request (``path``: its route path, ``_asgi.route_path``), made
+        current (with its span when tracing is on)."""
         route = path if path in self._routes else UNMATCHED
         outcome = Outcome(self, route, request_id, scope.get("method", ""))
         outcome.quiet = route in self._quiet
