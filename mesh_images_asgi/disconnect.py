@@ -50,6 +50,7 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
     instead of a task and two more trips through the event loop; a disconnect is still seen
     within ``LISTEN_AFTER`` s of when it happened (the listener's first ``receive`` returns it).
     """
+    loop = asyncio.get_running_loop()
     watch = DisconnectWatch(receive)
     listener: asyncio.Task[None] | None = None
     with CancelScope() as scope:
@@ -58,7 +59,6 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
             nonlocal listener
             listener = loop.create_task(watch.run(scope.cancel))
 
-        loop = asyncio.get_running_loop()
         timer = loop.call_later(LISTEN_AFTER, listen)
         try:
             result = await work()
