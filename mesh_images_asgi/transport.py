@@ -150,14 +150,19 @@ class _AiohttpResponse:
 
 
 class AiohttpUpstream:
-    """The default client: aiohttp, created in the running event loop on first use."""
+    """The default client: aiohttp, created in the running event loop on first use.
+
+    ``read_timeout`` (seconds between two reads; None: none) is off in the gateway's own client:
+    routing's deadline bounds every call (``routing.py``), a model's catalog deadline may be
+    longer than the default one, and a per-read timer costs a timer per chunk read.
+    """
 
     def __init__(
         self,
         *,
         connect_timeout: float,
-        read_timeout: float,
         max_connections: int,
+        read_timeout: float | None = None,
         keepalive_expiry: float = 30.0,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(

@@ -13,9 +13,10 @@ __all__ = ["create_upstream_client"]
 
 
 def create_upstream_client(settings: Settings) -> AiohttpUpstream:
-    """A client with explicit timeouts: short connect, a read long enough for a slow generation."""
+    """A client with a short connect timeout and no read timeout of its own: every call is made
+    under its request's deadline (the model's ``upstream_timeout``, ``routing.py``), which may be
+    longer than ``MESH_IMAGES_UPSTREAM_TIMEOUT``."""
     return AiohttpUpstream(
         connect_timeout=settings.connect_timeout,
-        read_timeout=settings.upstream_timeout,
         max_connections=settings.max_upstream_connections,
     )

@@ -23,8 +23,7 @@ from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.errors import GatewayError, GatewayTimeout, UpstreamError
 from mesh_images_asgi.providers.base import PartialImage
 from mesh_images_asgi.providers.openai import OpenAIProvider
-from mesh_images_asgi.transport import HttpxUpstream, UpstreamClient
-from mesh_images_asgi.upstream import create_upstream_client
+from mesh_images_asgi.transport import AiohttpUpstream, HttpxUpstream, UpstreamClient
 from tests.emulators.openai import (
     ErrorReply,
     Fault,
@@ -357,6 +356,17 @@ def test_the_deadline_is_504_and_cancels_the_upstream(
     assert emulator.wait_cancelled(3)
 
 
+def test_a_model_deadline_longer_than_the_default_is_kept(
+    emulator: OpenAIEmulator, served: tuple[OpenAIEmulator, str]
+) -> None:
+    # The upstream client has no read timeout of its own: the model's deadline is the bound.
+    emulator.latency = 0.8
+    longer = {"openai/gpt-image-2": {"upstream_timeout": 5}}
+    with serve(gateway_app(served[1], upstream_timeout=0.3, models=longer)) as gateway:
+        response = httpx.post(gateway + GEN, json={"model": "openai/gpt-image-2", "prompt": "a"})
+    assert response.status_code == 200, response.text
+
+
 def sse_data(response: httpx.Response) -> list[Any]:
     """The ``data:`` payloads of an SSE response, ``[DONE]`` kept as the string."""
     return [
@@ -464,7 +474,7 @@ def test_a_client_leaving_a_stream_cancels_the_upstream_stream(
 async def upstream_client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
     """The gateway's default client (aiohttp), and a user's plain httpx client."""
     if request.param == "aiohttp":
-        client = create_upstream_client(Settings(upstream_timeout=0.5))
+        client = AiohttpUpstream(connect_timeout=0.5, read_timeout=0.5, max_connections=8)
         try:
             yield client
         finally:
