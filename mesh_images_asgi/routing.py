@@ -37,7 +37,7 @@ import contextlib
 import copy
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -200,9 +200,12 @@ class Router:
         self.sleep = sleep
         self.jitter = jitter
 
-    async def run(self, plan: Plan, on_partial: PartialSink | None = None) -> Routed:
-        """Serve ``plan``; raise the ``GatewayError`` that ended it (with its routing record)."""
-        return await _Run(self, plan, on_partial).run()
+    def run(self, plan: Plan, on_partial: PartialSink | None = None) -> Coroutine[Any, Any, Routed]:
+        """Serve ``plan``; raise the ``GatewayError`` that ended it (with its routing record).
+
+        The run's own coroutine (no layer of ``await`` around it): call it in the request's task.
+        """
+        return _Run(self, plan, on_partial).run()
 
 
 @dataclass(slots=True)  # one per request, alive for all of it: thousands at once on streams

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -119,9 +119,15 @@ class ImageService:
         deadline = job.entry.upstream_timeout or self.settings.upstream_timeout
         return Plan(job, deadline, tuple(fallbacks), tuple(skipped))
 
-    async def generate(self, plan: Plan, on_partial: PartialSink | None = None) -> Routed:
-        """Serve ``plan`` with retries and fallbacks under its deadline (``routing.py``)."""
-        return await self.router.run(plan, on_partial)
+    def generate(
+        self, plan: Plan, on_partial: PartialSink | None = None
+    ) -> Coroutine[Any, Any, Routed]:
+        """Serve ``plan`` with retries and fallbacks under its deadline (``routing.py``).
+
+        The router's coroutine itself, not one more around it: each layer of ``await`` costs on
+        every request, each time the upstream call suspends and resumes.
+        """
+        return self.router.run(plan, on_partial)
 
     def log_enabled(self) -> None:
         models = ", ".join(entry.id for entry in self.enabled_models())

@@ -180,6 +180,7 @@ class AiohttpUpstream:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # one client serves every user: no cookies
                 timeout=self._timeout,
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -175,15 +175,18 @@ async def open_response(
         yield response
 
 
-async def send_json(
+def send_json(
     client: UpstreamClient,
     provider: str,
     url: str,
     payload: Mapping[str, Any],
     headers: Mapping[str, str],
-) -> Answer:
-    """POST ``payload`` as JSON and read the whole answer; transport failures become our errors."""
-    return await client.fetch(provider, url, orjson.dumps(payload), _json_headers(headers))
+) -> Coroutine[Any, Any, Answer]:
+    """POST ``payload`` as JSON and read the whole answer; transport failures become our errors.
+
+    The client's ``fetch`` coroutine itself, without a layer of ``await`` around it.
+    """
+    return client.fetch(provider, url, orjson.dumps(payload), _json_headers(headers))
 
 
 def _json_headers(headers: Mapping[str, str]) -> dict[str, str]:
