@@ -13,6 +13,10 @@ and walks its scope tree to deliver a cancellation), ``asyncio.timeout`` about 2
 context manager), this one under 1 µs plus the deadline's timer; and it is about 100 bytes, which
 counts when thousands of streams each hold a few. ``bench/overhead.py`` and ``bench/streams.py``
 measure the gateway (docs/benchmarks.md).
+
+Finding the running loop costs a ``getpid`` system call in CPython 3.11 (about 0.2 µs here), so
+the request path finds it once per scope: ``timeout=`` is resolved against the loop the scope
+finds on entry, and ``scope.loop`` and ``scope.deadline`` are there to read afterwards.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class CancelScope:
     """``with CancelScope(deadline) as scope``: leave the block at ``deadline`` (loop time) or
     when ``cancel()`` is called, whichever comes first; ``cancelled_caught`` then says so.
 
-    ``deadline=None`` never expires on its own. The scope belongs to the task that entered it;
+    ``CancelScope(timeout=seconds)`` sets the deadline that many seconds after entry. With
+    neither, the scope never expires on its own. The scope belongs to the task that entered it;
     ``cancel()`` may be called from any callback or task on the same loop.
     """
 
@@ -43,11 +48,15 @@ class CancelScope:
         "_handle",
         "_state",
         "_task",
+        "_timeout",
         "cancelled_caught",
     )
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, *, timeout: float | None = None) -> None:
+        if deadline is not None and timeout is not None:
+            raise ValueError("give a CancelScope a deadline or a timeout, not both")
         self._deadline = deadline
+        self._timeout = timeout
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
@@ -58,6 +67,18 @@ class CancelScope:
     @property
     def cancel_called(self) -> bool:
         return self._cancel_called
+
+    @property
+    def deadline(self) -> float | None:
+        """The loop time the scope ends at (a ``timeout`` is resolved on entry); None: never."""
+        return self._deadline
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop of the task that entered the scope (once entered)."""
+        if self._task is None:
+            raise RuntimeError("the CancelScope has not been entered")
+        return self._task.get_loop()
 
     def cancel(self) -> None:
         """End the block at its next ``await`` (at once when it is entered later)."""
@@ -73,6 +94,10 @@ class CancelScope:
         self._task, self._cancelling, self._state = task, task.cancelling(), _ENTERED
         if self._cancel_called:
             self._fire()
+        elif self._timeout is not None:
+            loop = task.get_loop()
+            self._deadline = loop.time() + self._timeout
+            self._handle = loop.call_at(self._deadline, self._fire)
         elif self._deadline is not None:
             self._handle = task.get_loop().call_at(self._deadline, self._fire)
         return self

@@ -8,8 +8,6 @@ at the first byte past the limit. The whole body must arrive within a deadline (
 
 from __future__ import annotations
 
-import asyncio
-
 from ._asgi import Receive, Scope, get_header
 from ._cancel import CancelScope
 from .errors import RequestTimeout, RequestTooLarge, UnsupportedMediaType
@@ -55,7 +53,7 @@ async def read_body(receive: Receive, max_bytes: int, time_limit: float | None =
     """
     if time_limit is None:
         return await _read(receive, max_bytes)
-    with CancelScope(asyncio.get_running_loop().time() + time_limit):
+    with CancelScope(timeout=time_limit):
         return await _read(receive, max_bytes)
     raise RequestTimeout(f"The request body did not arrive within {time_limit:g} s.")
 

@@ -40,12 +40,6 @@ class Bulkhead:
         when slots and queue are full."""
         return _Slot(self)
 
-    async def _acquire(self) -> None:
-        if self.active < self.limit and not self._waiters:
-            self.active += 1
-        else:
-            await self._wait()
-
     async def _wait(self) -> None:
         if len(self._waiters) >= self.queue:
             raise ProviderNotAvailable(
@@ -80,7 +74,11 @@ class _Slot:
         self._bulkhead = bulkhead
 
     async def __aenter__(self) -> None:
-        await self._bulkhead._acquire()
+        bulkhead = self._bulkhead
+        if bulkhead.active < bulkhead.limit and not bulkhead._waiters:
+            bulkhead.active += 1  # a free slot: no coroutine to make and wait on
+        else:
+            await bulkhead._wait()
 
     async def __aexit__(
         self,

@@ -50,10 +50,10 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
     instead of a task and two more trips through the event loop; a disconnect is still seen
     within ``LISTEN_AFTER`` s of when it happened (the listener's first ``receive`` returns it).
     """
-    loop = asyncio.get_running_loop()
     watch = DisconnectWatch(receive)
     listener: asyncio.Task[None] | None = None
     with CancelScope() as scope:
+        loop = scope.loop
 
         def listen() -> None:
             nonlocal listener

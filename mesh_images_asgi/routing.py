@@ -225,14 +225,16 @@ class _Run:
     queued_at: str | None = None
     notes: list[str] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
+    """Seconds until each unavailable candidate (open circuit, full bulkhead) takes calls."""
     outcome: Outcome = field(default_factory=current_outcome)
     """The request's record: attempts, retries and the result are observed on it."""
-    """Seconds until each unavailable candidate (open circuit, full bulkhead) takes calls."""
+    loop: asyncio.AbstractEventLoop = field(init=False)
 
     async def run(self) -> Routed:
         policy = self.router.policy
-        self.deadline = asyncio.get_running_loop().time() + self.plan.deadline
-        with CancelScope(self.deadline) as scope:
+        with CancelScope(timeout=self.plan.deadline) as scope:
+            assert scope.deadline is not None  # the timeout, resolved on entry
+            self.loop, self.deadline = scope.loop, scope.deadline
             for job in self.plan.jobs:
                 if self.attempts >= policy.max_attempts:
                     self.notes.append(f"attempt budget ({policy.max_attempts}) spent")
@@ -313,7 +315,7 @@ class _Run:
         async with slot:
             self.queued_at = None
             self.attempts += 1
-            now = asyncio.get_running_loop().time()
+            now = self.loop.time()
             limits = [self.deadline]
             for timeout in (self.router.policy.attempt_timeout, entry.upstream_timeout):
                 if timeout is not None:
@@ -353,7 +355,7 @@ class _Run:
                 return None
         else:
             delay = policy.backoff_delay(retries, self.router.jitter())
-        if asyncio.get_running_loop().time() + delay >= self.deadline:
+        if self.loop.time() + delay >= self.deadline:
             return None
         return delay
 

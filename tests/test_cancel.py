@@ -28,6 +28,28 @@ async def test_a_deadline_ends_the_block_quietly() -> None:
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
+async def test_a_timeout_counts_from_entry() -> None:
+    scope = CancelScope(timeout=0.05)
+    assert scope.deadline is None  # not resolved before entry
+    await asyncio.sleep(0.1)  # time before entering does not count
+    entered = _now()
+    with scope:
+        assert scope.loop is asyncio.get_running_loop()
+        assert scope.deadline is not None
+        assert entered <= scope.deadline - 0.05 <= _now()
+        await asyncio.sleep(10)
+    assert scope.cancelled_caught
+    assert 0.04 <= _now() - entered < 1
+
+
+def test_a_scope_takes_a_deadline_or_a_timeout() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CancelScope(1.0, timeout=1.0)
+    with pytest.raises(RuntimeError, match="not been entered"):
+        _ = CancelScope().loop
+    assert CancelScope(12.5).deadline == 12.5
+
+
 async def test_a_block_that_finishes_in_time_is_not_cancelled() -> None:
     with CancelScope(_now() + 10) as scope:
         await asyncio.sleep(0)
