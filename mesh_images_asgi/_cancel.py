@@ -92,12 +92,10 @@ class CancelScope:
         if self._state != _CREATED:
             raise RuntimeError("a CancelScope is entered once")
         self._task, self._cancelling, self._state = task, task.cancelling(), _ENTERED
+        if self._timeout is not None:
+            self._deadline = task.get_loop().time() + self._timeout
         if self._cancel_called:
             self._fire()
-        elif self._timeout is not None:
-            loop = task.get_loop()
-            self._deadline = loop.time() + self._timeout
-            self._handle = loop.call_at(self._deadline, self._fire)
         elif self._deadline is not None:
             self._handle = task.get_loop().call_at(self._deadline, self._fire)
         return self

@@ -42,6 +42,15 @@ async def test_a_timeout_counts_from_entry() -> None:
     assert 0.04 <= _now() - entered < 1
 
 
+async def test_a_timeout_is_resolved_when_cancelled_before_entry() -> None:
+    scope = CancelScope(timeout=5)
+    scope.cancel()
+    with scope:
+        assert scope.deadline is not None
+        await asyncio.sleep(10)
+    assert scope.cancelled_caught
+
+
 def test_a_scope_takes_a_deadline_or_a_timeout() -> None:
     with pytest.raises(ValueError, match="not both"):
         CancelScope(1.0, timeout=1.0)
