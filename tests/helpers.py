@@ -13,20 +13,26 @@ from PIL import Image
 
 from mesh_images_asgi import ImagesApp, Settings
 
-__all__ = ["app_client", "decode_image", "decode_item"]
+__all__ = ["app_client", "client_for", "decode_image", "decode_item"]
 
 
 @asynccontextmanager
-async def app_client(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client wired to a fresh ``ImagesApp`` (local latency 0 unless given)."""
-    settings.setdefault("local_latency", 0)
-    app = ImagesApp(Settings(**settings), health=True)
+async def client_for(app: ImagesApp) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process httpx client for ``app``; the app is closed when the block ends."""
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
     finally:
         await app.aclose()
+
+
+@asynccontextmanager
+async def app_client(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client wired to a fresh ``ImagesApp`` (local latency 0 unless given)."""
+    settings.setdefault("local_latency", 0)
+    async with client_for(ImagesApp(Settings(**settings), health=True)) as client:
+        yield client
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.tracing import Tracing
+from tests.helpers import client_for
 from tests.support.leaks import WATCH
 
 GEN = "/v1/images/generations"
@@ -77,12 +78,10 @@ async def traced_app(
     )
     upstream_client = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
     app = ImagesApp(settings, http_client=upstream_client, tracer_provider=provider)
-    transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with client_for(app) as client:
             yield client, exporter
     finally:
-        await app.aclose()
         await upstream_client.aclose()
 
 

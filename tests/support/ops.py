@@ -20,6 +20,7 @@ from mesh_images_asgi.providers.base import (
     ProviderResult,
 )
 from mesh_images_asgi.providers.local import LocalProvider
+from tests.helpers import client_for
 
 __all__ = ["IMAGE_B64", "Samples", "Scripted", "ops_app", "result", "scrape"]
 
@@ -78,12 +79,8 @@ async def ops_app(
         health=True,
         metrics_route=True,
     )
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield app, client
-    finally:
-        await app.aclose()
+    async with client_for(app) as client:
+        yield app, client
 
 
 class Samples:
