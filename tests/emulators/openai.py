@@ -587,16 +587,7 @@ class OpenAIEmulator:
             return
         if fault is Fault.TRUNCATED:
             answer = json.dumps({"created": 1713833628, "data": [{"b64_json": "AAAA" * 64}]})
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(answer)).encode()),
-                    ],
-                }
-            )
+            await _start(send, 200, len(answer), {})
             await _body(send, answer[: len(answer) // 2].encode())
         host, port = scope["client"]
         self._transports[host, port].close()
@@ -618,16 +609,7 @@ class OpenAIEmulator:
         if fault is Fault.BAD_BASE64:
             await _send(send, 200, answer, {})
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer)).encode()),
-                ],
-            }
-        )
+        await _start(send, 200, len(answer), {})
         pieces = 10
         step = -(-len(answer) // pieces)
         for start in range(0, len(answer), step):
@@ -651,18 +633,23 @@ async def _body(send: Send, data: bytes, more: bool = True) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": more})
 
 
-async def _send(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+async def _start(send: Send, status: int, length: int, headers: dict[str, str]) -> None:
+    """The start of a JSON answer of ``length`` bytes."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(length).encode()),
                 *((key.encode(), value.encode()) for key, value in headers.items()),
             ],
         }
     )
+
+
+async def _send(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    await _start(send, status, len(body), headers)
     await _body(send, body, more=False)
 
 
