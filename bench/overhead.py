@@ -369,7 +369,7 @@ def payload(args: argparse.Namespace) -> str:
 
 
 def versions() -> str:
-    names = ["mesh-images-asgi", "uvicorn", "aiohttp", "httpx", "pydantic"]
+    names = ["mesh-images-asgi", "uvicorn", "httptools", "aiohttp", "httpx", "pydantic"]
     found = [f"{name} {metadata.version(name)}" for name in names]
     if LITELLM.exists():
         out = subprocess.run(

@@ -6,7 +6,7 @@ quietly when its deadline passes or when someone calls ``cancel()``, telling so 
 what ``asyncio.Timeout`` does (``Task.cancel`` to interrupt, ``Task.uncancel`` to tell its own
 cancellation from one that came from outside), as a plain ``with`` block with a ``cancel()``.
 
-Why not anyio's: the gateway runs on asyncio only (its upstream client is aiohttp), and a JSON
+Why not anyio's: the gateway runs on asyncio only (its upstream client is asyncio's), and a JSON
 request passes through four scopes (drain, body deadline, disconnect, routing deadline). anyio's
 scope costs about 10 µs to enter and leave on asyncio (it finds the current task through sniffio,
 and walks its scope tree to deliver a cancellation), ``asyncio.timeout`` about 2 µs (an async

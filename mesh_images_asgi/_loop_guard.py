@@ -6,8 +6,8 @@ anything else calling ``loop.shutdown_asyncgens()``) finalises the async generat
 suspended on that loop *before* closing it, while it can still run coroutines. A generator
 suspended at a ``yield`` whose ``finally`` awaits ``close()`` is therefore a shutdown hook: this is
 how ``ImagesApp`` closes an upstream client it created lazily, when the host never runs lifespan
-(Django under a server, ``uvicorn --lifespan off``), before aiohttp can warn about an unclosed
-session.
+(Django under a server, ``uvicorn --lifespan off``), before its open connections are left to
+the garbage collector's "unclosed transport" warnings.
 
 The loop only holds a weak reference to the generator: ``LoopGuard`` keeps it alive. A guard that
 is garbage-collected while its loop runs calls ``close()`` then (asyncio's finaliser hook); one

@@ -130,7 +130,7 @@ class ImagesApp:
     * **providers** - replace the providers the settings would enable (tests, custom upstreams).
     * **catalog** - replace the model catalog.
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
-      an aiohttp client is created and closed with the app (see ``transport.py``).
+      an ``http1.py`` connection pool is created and closed with the app (``transport.py``).
     * **health** - also serve ``GET /healthz`` (the standalone server does).
     * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
     * **metrics** - the ``Metrics`` to record into (``app.metrics``); by default a new one with its

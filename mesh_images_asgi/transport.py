@@ -2,16 +2,15 @@
 
     UpstreamClient.post(provider, url, content, headers) -> async context of UpstreamResponse
     UpstreamClient.fetch(provider, url, content, headers) -> Answer (the whole body, read)
-      ├── AiohttpUpstream   the default: one ``aiohttp.ClientSession`` per app, straight
+      ├── Http1Upstream     the default: one ``http1.Http1Pool`` per app (asyncio + httptools)
       └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
 
-Why not httpx everywhere: on the request path httpx's client layer (request building, URL
-merging, cookie extraction, response objects) took about a quarter of the gateway's CPU in a
-profile under load, and a bare forwarder runs about twice as fast on aiohttp directly as on httpx's
-API over an aiohttp transport, and several times faster than on httpx's default transport
-(``bench/overhead.py`` measures the gateway; docs/benchmarks.md). People who bring their own
-``httpx.AsyncClient`` (``ImagesApp(http_client=...)``) still get httpx, and tests use
-``httpx.MockTransport`` through it.
+Why not httpx everywhere: the upstream client decides the gateway's speed. A bare forwarder runs
+several times faster on aiohttp than on httpx's default transport, and about 2.5 times faster
+again on ``http1.py`` than on aiohttp (``performance.md`` in the project's references,
+``bench/overhead.py``, docs/benchmarks.md). People who bring their own ``httpx.AsyncClient``
+(``ImagesApp(http_client=...)``) still get httpx, and tests use ``httpx.MockTransport`` through
+it.
 
 Both implementations raise the gateway's errors, never their library's: a failure before the
 answer's headers is ``connection_error``, a broken answer is ``bad_response``, a read timeout is
@@ -26,15 +25,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 import anyio
 import httpx
 
+from . import http1
 from .errors import GatewayError, GatewayTimeout, UpstreamError
 
 __all__ = [
-    "AiohttpUpstream",
     "Answer",
+    "Http1Upstream",
     "HttpxUpstream",
     "UpstreamClient",
     "UpstreamResponse",
@@ -118,14 +117,16 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _AiohttpResponse:
-    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
+class _Http1Response:
+    __slots__ = ("_provider", "_response")
+
+    def __init__(self, provider: str, response: http1.Response) -> None:
         self._provider = provider
         self._response = response
 
     @property
     def status_code(self) -> int:
-        return self._response.status
+        return self._response.status_code
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -134,27 +135,37 @@ class _AiohttpResponse:
     async def aread(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ServerTimeoutError, TimeoutError):
+        except http1.ReadTimeout:
             raise too_slow(self._provider) from None
-        except aiohttp.ClientError:
+        except http1.Http1Error:
             raise broken_answer(self._provider) from None
 
     async def aiter_lines(self) -> AsyncIterator[str]:
+        buffer = bytearray()
+        scanned = 0  # bytes of ``buffer`` known to hold no line end
         try:
-            async for line in self._response.content:
-                yield line.decode("utf-8", "replace").rstrip("\r\n")
-        except (aiohttp.ServerTimeoutError, TimeoutError):
+            async for chunk in self._response.iter_chunks():
+                buffer += chunk
+                while (end := buffer.find(b"\n", scanned)) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[: end + 1]
+                    scanned = 0
+                    yield line.decode("utf-8", "replace").removesuffix("\r")
+                scanned = len(buffer)
+        except http1.ReadTimeout:
             raise too_slow(self._provider) from None
-        except aiohttp.ClientError:
+        except http1.Http1Error:
             raise broken_answer(self._provider) from None
+        if buffer:
+            yield buffer.decode("utf-8", "replace").removesuffix("\r")
 
 
-class AiohttpUpstream:
-    """The default client: aiohttp, created in the running event loop on first use.
+class Http1Upstream:
+    """The default client: ``http1.Http1Pool``, a keep-alive pool on asyncio and httptools.
 
-    ``read_timeout`` (seconds between two reads; None: none) is off in the gateway's own client:
-    routing's deadline bounds every call (``routing.py``), a model's catalog deadline may be
-    longer than the default one, and a per-read timer costs a timer per chunk read.
+    ``read_timeout`` (seconds an answer's headers or its next bytes may take; None: none) is
+    off in the gateway's own client: routing's deadline bounds every call (``routing.py``), and
+    a model's catalog deadline may be longer than the default one.
     """
 
     def __init__(
@@ -165,40 +176,23 @@ class AiohttpUpstream:
         read_timeout: float | None = None,
         keepalive_expiry: float = 30.0,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        self.pool = http1.Http1Pool(
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            read_timeout=read_timeout,
         )
-        self._max_connections = max_connections
-        self._keepalive_expiry = keepalive_expiry
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=self._keepalive_expiry
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),  # one client serves every user: no cookies
-                timeout=self._timeout,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
 
     async def _open(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> aiohttp.ClientResponse:
-        if self._closed:
+    ) -> http1.Response:
+        if self.pool.closed:
             raise GatewayError("The upstream client is closed.")
         try:
-            return await self._get_session().post(
-                url, data=content, headers=headers, allow_redirects=False
-            )
-        except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError, TimeoutError):
+            return await self.pool.request("POST", url, headers, content)
+        except (http1.ConnectTimeout, http1.ReadTimeout):
             raise too_slow(provider) from None
-        except aiohttp.ClientError:
+        except http1.Http1Error:
             raise unreachable(provider) from None
 
     @asynccontextmanager
@@ -207,36 +201,26 @@ class AiohttpUpstream:
     ) -> AsyncIterator[UpstreamResponse]:
         response = await self._open(provider, url, content, headers)
         try:
-            yield _AiohttpResponse(provider, response)
+            yield _Http1Response(provider, response)
         finally:
-            _done(response)
+            response.close()
 
     async def fetch(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> Answer:
         response = await self._open(provider, url, content, headers)
         try:
-            body = await _AiohttpResponse(provider, response).aread()
+            body = await _Http1Response(provider, response).aread()
         finally:
-            _done(response)
-        return Answer(response.status, response.headers, body)
+            response.close()
+        return Answer(response.status_code, response.headers, body)
 
     @property
     def is_closed(self) -> bool:
-        return self._closed
+        return self.pool.closed
 
     async def aclose(self) -> None:
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-
-def _done(response: aiohttp.ClientResponse) -> None:
-    if not response.closed and response.content.is_eof():
-        response.release()  # fully read: the connection goes back to the pool
-    else:
-        response.close()  # unread or cut short: drop the connection
+        await self.pool.aclose()
 
 
 class _HttpxResponse:

@@ -1,11 +1,11 @@
-"""The gateway's own upstream client (aiohttp); failures on both transports: tests/live."""
+"""The gateway's own upstream client (``http1.py``); failures on both transports: tests/live."""
 
 from __future__ import annotations
 
 import pytest
 
 from mesh_images_asgi._asgi import Receive, Scope, Send
-from mesh_images_asgi.transport import AiohttpUpstream
+from mesh_images_asgi.transport import Http1Upstream
 from tests.support.live import serve
 
 
@@ -40,12 +40,11 @@ class CookieSetter:
 async def test_upstream_cookies_are_never_sent_back() -> None:
     # One client serves every user: a cookie set for one request must not ride on the next.
     upstream = CookieSetter()
-    client = AiohttpUpstream(connect_timeout=5, max_connections=4)
+    client = Http1Upstream(connect_timeout=5, max_connections=4)
     try:
         with serve(upstream, lifespan="off") as url:
             for _ in range(2):
-                # by name: aiohttp's default jar ignores cookies of bare IP addresses
-                named = url.replace("127.0.0.1", "localhost")
+                named = url.replace("127.0.0.1", "localhost")  # a name a cookie jar would keep
                 answer = await client.fetch("Test", named + "/v1/x", b"{}", {})
                 assert answer.status_code == 200
                 assert "set-cookie" in answer.headers

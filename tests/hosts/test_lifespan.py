@@ -197,7 +197,7 @@ async def test_a_host_failing_during_startup_fails_as_without_us(
 
 @pytest.fixture(scope="module")
 def openai_url() -> Iterator[str]:
-    """An emulated OpenAI API, so that a request really opens an aiohttp session."""
+    """An emulated OpenAI API, so that a request really opens an upstream connection."""
     with OpenAIEmulator().serve() as url:
         yield url
 
@@ -225,15 +225,16 @@ def test_without_lifespan_the_client_closes_with_its_event_loop(
         async with asgi_client(app) as client:
             response = await client.post(GEN, json=OPENAI_IMAGE)
         assert response.status_code == 200, response.text
-        session = clients[-1]._session  # type: ignore[attr-defined]
-        assert not session.closed  # a real aiohttp session was opened
-        return session
+        pool = clients[-1].pool  # type: ignore[attr-defined]
+        assert len(pool) == 1  # a real upstream connection was opened, and is kept alive
+        return pool
 
     for loops in (1, 2):  # each event loop gets its own client, closed when it ends
-        session = asyncio.run(one_request())
+        pool = asyncio.run(one_request())
         assert len(clients) == loops
         assert clients[-1].is_closed
-        assert session.closed
+        assert pool.closed
+        assert len(pool) == 0
 
 
 LAZY_TARGETS = {
