@@ -57,9 +57,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Http1Error(Exception):
-    """The request failed; ``answered`` tells whether an answer's headers had come."""
-
-    answered = False
+    """The request failed."""
 
 
 class ConnectFailed(Http1Error):
@@ -76,8 +74,6 @@ class ReadTimeout(Http1Error):
 
 class BrokenAnswer(Http1Error):
     """The answer could not be read: cut short, or not HTTP."""
-
-    answered = True
 
 
 class Headers(Mapping[str, str]):
@@ -278,7 +274,8 @@ class Response:
         try:
             return self._decoder.decompress(chunk)
         except zlib.error:
-            raise BrokenAnswer("the compressed body is corrupt") from None
+            self._error = BrokenAnswer("the compressed body is corrupt")
+            raise self._error from None
 
     def _release(self) -> None:
         conn, self._conn = self._conn, None
@@ -313,6 +310,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._complete_closes = False
+        self._interim = False
         self.closed = False
         self.idle_since = 0.0
 
@@ -337,15 +335,13 @@ class _Connection(asyncio.Protocol):
         self._pool._lost(self)
         response = self._response
         if response is not None and not self._complete:
-            if self._length_known:
+            if self._length_known or exc is not None:  # a reset is no end of a body
                 response._finish(BrokenAnswer("the connection closed before the answer ended"))
             else:
                 response._finish()  # a body framed by the connection's end
                 self._complete = True
         elif self._head_waiter is not None and not self._head_waiter.done():
-            error = ConnectFailed("the connection closed before an answer")
-            error.answered = False
-            self._head_waiter.set_exception(error)
+            self._head_waiter.set_exception(ConnectFailed("the connection closed before an answer"))
         drain = self._drain_waiter
         if drain is not None and not drain.done():
             drain.set_exception(ConnectFailed("the connection closed while sending"))
@@ -368,11 +364,16 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim answer (103 Early Hints): the real one follows
+            self._interim = True
+            self._headers = {}
+            return
         headers = self._headers
         self._length_known = "content-length" in headers or "chunked" in headers.get(
             "transfer-encoding", ""
         )
-        response = Response(self, self._parser.get_status_code(), Headers(headers))
+        response = Response(self, status, Headers(headers))
         self._response = response
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
@@ -383,6 +384,9 @@ class _Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
         if not self._parser.should_keep_alive():
             self._complete_closes = True
@@ -435,7 +439,9 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
-        self._response = None
+        response, self._response = self._response, None
+        if response is not None and not self._complete:  # someone may be reading it
+            response._finish(BrokenAnswer("the connection was closed before the answer ended"))
         if self.transport is not None and not self.closed:
             self.transport.abort()
         self.closed = True
@@ -523,6 +529,10 @@ class Http1Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the wake-up goes to the next
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

@@ -118,11 +118,12 @@ class UpstreamClient(Protocol):
 
 
 class _Http1Response:
-    __slots__ = ("_provider", "_response")
+    __slots__ = ("_body", "_provider", "_response")
 
     def __init__(self, provider: str, response: http1.Response) -> None:
         self._provider = provider
         self._response = response
+        self._body: bytes | None = None
 
     @property
     def status_code(self) -> int:
@@ -133,8 +134,11 @@ class _Http1Response:
         return self._response.headers
 
     async def aread(self) -> bytes:
+        if self._body is not None:
+            return self._body
         try:
-            return await self._response.read()
+            self._body = await self._response.read()
+            return self._body
         except http1.ReadTimeout:
             raise too_slow(self._provider) from None
         except http1.Http1Error:
@@ -190,9 +194,9 @@ class Http1Upstream:
             raise GatewayError("The upstream client is closed.")
         try:
             return await self.pool.request("POST", url, headers, content)
-        except (http1.ConnectTimeout, http1.ReadTimeout):
+        except http1.ReadTimeout:
             raise too_slow(provider) from None
-        except http1.Http1Error:
+        except http1.Http1Error:  # a connect timeout too, as on a user's httpx client
             raise unreachable(provider) from None
 
     @asynccontextmanager
