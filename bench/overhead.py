@@ -5,7 +5,10 @@ Paths, all against one instant OpenAI-shaped upstream (``bench/upstream.py``) on
     direct     the upstream itself
     gateway    ``mesh-images serve`` (one uvicorn worker), model ``openai/gpt-image-2``
     forwarder  a bare pure-ASGI aiohttp forwarder on the same server (``bench/forwarder.py``):
-               the ceiling for any Python gateway on this machine
+               the ceiling for a Python gateway on aiohttp; the ratios are to it
+    forwarder (http1)
+               the same forwarder over the gateway's own client (``http1.py``): the gateway's
+               own ceiling, so the gap between the two is what the gateway itself costs
     litellm    LiteLLM's proxy from its own virtual environment (``bench/.litellm``), if present
 
 Load comes from ``wrk`` (Debian's package), fixed concurrency and duration, paths interleaved in
@@ -158,12 +161,18 @@ def gateway_cmd(port: int) -> list[str]:
     return [str(BIN / "mesh-images"), "serve", "--port", str(port), "--log-level", "warning"]
 
 
+def forwarder_cmd(app: str, port: int) -> list[str]:
+    command = [str(BIN / "uvicorn"), f"bench.forwarder:{app}", "--port", str(port)]
+    return [*command, "--log-level", "warning", "--no-access-log"]
+
+
 def gateway_env(upstream: int) -> dict[str, str]:
     return {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1"}
 
 
 def overhead(args: argparse.Namespace) -> str:
     up, gw, fw, ll = free_port(), free_port(), free_port(), free_port()
+    fw1 = free_port()
     gateway_body = {
         "model": "openai/gpt-image-2",
         "prompt": "bench",
@@ -175,26 +184,22 @@ def overhead(args: argparse.Namespace) -> str:
         Path_("direct", f"http://127.0.0.1:{up}/v1/images/generations", upstream_body, {}),
         Path_("gateway", f"http://127.0.0.1:{gw}/v1/images/generations", gateway_body, {}),
         Path_("forwarder", f"http://127.0.0.1:{fw}/v1/images/generations", upstream_body, {}),
+        Path_(
+            "forwarder (http1)",
+            f"http://127.0.0.1:{fw1}/v1/images/generations",
+            upstream_body,
+            {},
+        ),
     ]
+    forwarder_env = {
+        "BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up}/v1/images/generations",
+        "PYTHONPATH": str(ROOT),
+    }
     with (
         running([sys.executable, str(HERE / "upstream.py"), "--port", str(up)], up, {}),
         running(gateway_cmd(gw), gw, gateway_env(up)),
-        running(
-            [
-                str(BIN / "uvicorn"),
-                "bench.forwarder:app",
-                "--port",
-                str(fw),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            fw,
-            {
-                "BENCH_UPSTREAM_URL": f"http://127.0.0.1:{up}/v1/images/generations",
-                "PYTHONPATH": str(ROOT),
-            },
-        ),
+        running(forwarder_cmd("app", fw), fw, forwarder_env),
+        running(forwarder_cmd("app_http1", fw1), fw1, forwarder_env),
         litellm_proxy(ll, up) as litellm_up,
     ):
         if litellm_up:
@@ -299,8 +304,17 @@ def overhead_table(
             f"{versions()}.",
             "",
             *rows,
+            *own_ceiling(c32),
         ]
     )
+
+
+def own_ceiling(c32: dict[str, list[Run]]) -> list[str]:
+    """The gateway's rate next to a forwarder on its own client: what its own steps cost."""
+    if "forwarder (http1)" not in c32:
+        return []
+    ratio = _median(c32["gateway"], "rps") / _median(c32["forwarder (http1)"], "rps")
+    return ["", f"Gateway req/s at c=32 vs the forwarder on its own client (http1): {ratio:.2f}."]
 
 
 def payload(args: argparse.Namespace) -> str:

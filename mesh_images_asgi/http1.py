@@ -11,10 +11,11 @@ spends per request here, and a forwarder on this client runs about 2.5 times as 
 (``bench/overhead.py``; docs/benchmarks.md). The parser is httptools (llhttp, uvicorn's), the
 transport and TLS are asyncio's; what is ours is the pool and writing the request head.
 
-What it does: ``http`` and ``https`` URLs (the system's CA store, SNI), keep-alive with an idle
-expiry, at most ``max_connections`` connections (callers wait for a free one), bodies framed by
-length, by chunks or by the connection's end, ``gzip``/``deflate`` bodies decoded, reading paused
-past ``HIGH_WATER`` bytes nobody has taken yet. A request is never sent twice: when a kept-alive
+What it does: ``http`` and ``https`` URLs (the system's CA store, else certifi's; SNI),
+keep-alive with an idle expiry, at most ``max_connections`` connections (callers wait for a free
+one), bodies framed by length, by chunks or by the connection's end, ``gzip``/``deflate`` bodies
+decoded, interim (1xx) answers skipped, reading paused past ``HIGH_WATER`` bytes nobody has taken
+yet. A request is never sent twice: when a kept-alive
 connection breaks under it, the caller gets ``ConnectFailed`` (the router decides whether to
 retry, and tells so; an image is billed). No proxies, no redirects, no cookies: an upstream API
 client needs none of them, and a user who does brings an ``httpx.AsyncClient``
@@ -34,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, cast
 
+import certifi
 import httptools
 
 from ._cancel import CancelScope
@@ -48,6 +50,7 @@ __all__ = [
     "Http1Pool",
     "ReadTimeout",
     "Response",
+    "default_ssl_context",
 ]
 
 HIGH_WATER = 1 << 20
@@ -137,6 +140,15 @@ class _Origin:
         self.key = (scheme, host, port)
         _check(target)
         self.prefix = f"{target} HTTP/1.1\r\nhost: {self.target_host}\r\n".encode("latin-1")
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """The system's CA store (``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` apply), or certifi's
+    (httpx's, so always installed) on a slim image that has none."""
+    context = ssl.create_default_context()
+    if not context.cert_store_stats()["x509_ca"]:
+        context.load_verify_locations(certifi.where())
+    return context
 
 
 async def _wait(waiter: asyncio.Future[Any], patience: float | None) -> Any:
@@ -542,7 +554,7 @@ class Http1Pool:
         context: ssl.SSLContext | None = None
         if origin.ssl:
             if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+                self._ssl = default_ssl_context()
             context = self._ssl
         self._connecting += 1
         try:

@@ -31,6 +31,7 @@ from mesh_images_asgi.http1 import (
     Http1Error,
     Http1Pool,
     ReadTimeout,
+    default_ssl_context,
 )
 from mesh_images_asgi.transport import Http1Upstream
 
@@ -1548,3 +1549,15 @@ async def test_https_wrong_host_name_is_connect_failed(tls: Tls) -> None:
                 await pool.aclose()
             await asyncio.sleep(0.05)
     assert up.conns == []
+
+
+def test_the_default_tls_context_falls_back_to_certifi_without_a_system_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def empty_store() -> ssl.SSLContext:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA loaded, as on a slim image
+
+    monkeypatch.setattr(ssl, "create_default_context", empty_store)
+    context = default_ssl_context()
+    assert context.cert_store_stats()["x509_ca"] > 0
+    assert context.verify_mode == ssl.CERT_REQUIRED
