@@ -148,6 +148,7 @@ def default_ssl_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     if not context.cert_store_stats()["x509_ca"]:
         context.load_verify_locations(certifi.where())
+    context.set_alpn_protocols(["http/1.1"])  # said, so no server offers us HTTP/2
     return context
 
 
