@@ -6,9 +6,9 @@
     response.close()                      # keeps the connection when the answer was read whole
 
 Why not aiohttp's client: its request path (request and response objects, multidicts, URL
-objects, tracing hooks, a per-request timer set) cost about 70 µs of the 115 µs a bare forwarder
-spends per request here, and a forwarder on this client runs about 2.5 times as fast
-(``bench/overhead.py``; docs/benchmarks.md). The parser is httptools (llhttp, uvicorn's), the
+objects, tracing hooks, timers) is most of what a bare forwarder spends per request here, and a
+forwarder on this client runs more than twice as fast (``bench/overhead.py``, the ``forwarder
+(http1)`` row of docs/benchmarks.md). The parser is httptools (llhttp, uvicorn's), the
 transport and TLS are asyncio's; what is ours is the pool and writing the request head.
 
 What it does: ``http`` and ``https`` URLs (the system's CA store, else certifi's; SNI),

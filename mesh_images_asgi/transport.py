@@ -6,7 +6,7 @@
       └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
 
 Why not httpx everywhere: the upstream client decides the gateway's speed. A bare forwarder runs
-several times faster on aiohttp than on httpx's default transport, and about 2.5 times faster
+several times faster on aiohttp than on httpx's default transport, and more than twice as fast
 again on ``http1.py`` than on aiohttp (``performance.md`` in the project's references,
 ``bench/overhead.py``, docs/benchmarks.md). People who bring their own ``httpx.AsyncClient``
 (``ImagesApp(http_client=...)``) still get httpx, and tests use ``httpx.MockTransport`` through
