@@ -11,6 +11,7 @@ forwarders is what the HTTP client costs, and the gap to the gateway is what the
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -18,78 +19,80 @@ import aiohttp
 from mesh_images_asgi.http1 import Http1Pool
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:9/v1/images/generations")
-_session: aiohttp.ClientSession | None = None
-_pool: Http1Pool | None = None
 _JSON = {"content-type": "application/json"}
 
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+"""POST a body upstream; the answer's status and body."""
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+
+def forwarder(post: Post, close: Callable[[], Awaitable[None]]) -> App:
+    """The forwarder over ``post``; ``close`` at lifespan shutdown."""
+
+    async def forward(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                while (message := await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await close()
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status, payload = await post(body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    return forward
+
+
+_session: aiohttp.ClientSession | None = None
+
+
+async def _aiohttp_post(body: bytes) -> tuple[int, bytes]:
     global _session
-    if scope["type"] != "http":
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            if _session is not None:
-                await _session.close()
-            await send({"type": "lifespan.shutdown.complete"})
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
     if _session is None:
         _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-    async with _session.post(
-        UPSTREAM, data=body, headers={"content-type": "application/json"}
-    ) as upstream:
-        payload = await upstream.read()
-        status = upstream.status
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    async with _session.post(UPSTREAM, data=body, headers=_JSON) as upstream:
+        return upstream.status, await upstream.read()
 
 
-async def app_http1(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _aiohttp_close() -> None:
+    if _session is not None:
+        await _session.close()
+
+
+_pool: Http1Pool | None = None
+
+
+async def _http1_post(body: bytes) -> tuple[int, bytes]:
     global _pool
-    if scope["type"] != "http":
-        if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            if _pool is not None:
-                await _pool.aclose()
-            await send({"type": "lifespan.shutdown.complete"})
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
     if _pool is None:
         _pool = Http1Pool(connect_timeout=5, max_connections=256)
     upstream = await _pool.request("POST", UPSTREAM, _JSON, body)
     try:
-        payload = await upstream.read()
+        return upstream.status_code, await upstream.read()
     finally:
         upstream.close()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": upstream.status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+
+
+async def _http1_close() -> None:
+    if _pool is not None:
+        await _pool.aclose()
+
+
+app = forwarder(_aiohttp_post, _aiohttp_close)
+app_http1 = forwarder(_http1_post, _http1_close)
