@@ -17,7 +17,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -34,6 +34,8 @@ from mesh_images_asgi.http1 import (
     default_ssl_context,
 )
 from mesh_images_asgi.transport import Http1Upstream
+
+GatewayErrorT = TypeVar("GatewayErrorT", bound=GatewayError)
 
 # ---------------------------------------------------------------------------------------------
 # The upstream side: a raw asyncio server whose handler sees one connection at a time.
@@ -207,6 +209,18 @@ def keep_alive(make: Callable[[Request], bytes] | None = None) -> Handler:
     return handler
 
 
+def reply_and_hold(data: bytes) -> Handler:
+    """A handler sending ``data`` (as is) for the first request, then keeping the connection
+    open until the client closes it."""
+
+    async def handler(conn: Conn) -> None:
+        await conn.read_request()
+        await conn.send(data)
+        await conn.until_peer_closes()
+
+    return handler
+
+
 async def silent(conn: Conn) -> None:
     """Take the request, never answer."""
     await conn.read_request()
@@ -261,15 +275,28 @@ def unaccepting_listener() -> Iterator[int]:
         listener.close()
 
 
-def new_pool(**options: Any) -> Http1Pool:
+@asynccontextmanager
+async def pooled(**options: Any) -> AsyncIterator[Http1Pool]:
+    """An ``Http1Pool`` (connect timeout 1 s unless given), closed when the block ends."""
     options.setdefault("connect_timeout", 1.0)
-    return Http1Pool(**options)
+    pool = Http1Pool(**options)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
 
 
-def new_upstream(**options: Any) -> Http1Upstream:
+@asynccontextmanager
+async def upstream_client(**options: Any) -> AsyncIterator[Http1Upstream]:
+    """An ``Http1Upstream`` (connect timeout 1 s, 4 connections unless given), closed when the
+    block ends."""
     options.setdefault("connect_timeout", 1.0)
     options.setdefault("max_connections", 4)
-    return Http1Upstream(**options)
+    client = Http1Upstream(**options)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def get(pool: Http1Pool, url: str, body: bytes = b"") -> bytes:
@@ -281,30 +308,54 @@ async def get(pool: Http1Pool, url: str, body: bytes = b"") -> bytes:
         response.close()
 
 
+async def read_broken_answer(pool: Http1Pool, url: str) -> None:
+    """POST: a 200 answer whose body then raises ``BrokenAnswer``; close it."""
+    response = await pool.request("POST", url, {})
+    assert response.status_code == 200
+    with pytest.raises(BrokenAnswer):
+        await response.read()
+    response.close()
+
+
+async def fetch_error(
+    client: Http1Upstream, url: str, expected: type[GatewayErrorT]
+) -> GatewayErrorT:
+    """``fetch`` through ``client``: the ``expected`` error it raises."""
+    with pytest.raises(expected) as caught:
+        await client.fetch("Test", url, b"{}", {})
+    return caught.value
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task``, then see it end with CancelledError."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. The request as sent, an answer framed by content-length
 
 
 @pytest.mark.anyio
 async def test_content_length_answer_and_the_request_head_as_sent() -> None:
-    async with serve(
-        keep_alive(lambda _: answer(b"hello world", status=201, headers=[("X-Kind", "a")]))
-    ) as up:
-        pool = new_pool()
-        try:
-            response = await pool.request(
-                "POST",
-                up.url + "/v1/images/generations?model=x&n=2",
-                {"Authorization": "Bearer secret-token", "X-Custom": "value 1"},
-                b'{"prompt": "cat"}',
-            )
-            assert response.status_code == 201
-            assert response.headers["content-length"] == "11"
-            assert response.headers["x-kind"] == "a"
-            assert await response.read() == b"hello world"
-            response.close()
-        finally:
-            await pool.aclose()
+    async with (
+        serve(
+            keep_alive(lambda _: answer(b"hello world", status=201, headers=[("X-Kind", "a")]))
+        ) as up,
+        pooled() as pool,
+    ):
+        response = await pool.request(
+            "POST",
+            up.url + "/v1/images/generations?model=x&n=2",
+            {"Authorization": "Bearer secret-token", "X-Custom": "value 1"},
+            b'{"prompt": "cat"}',
+        )
+        assert response.status_code == 201
+        assert response.headers["content-length"] == "11"
+        assert response.headers["x-kind"] == "a"
+        assert await response.read() == b"hello world"
+        response.close()
     [request] = up.requests
     assert request.head.startswith(
         b"POST /v1/images/generations?model=x&n=2 HTTP/1.1\r\n"
@@ -335,13 +386,9 @@ async def test_content_length_answer_and_the_request_head_as_sent() -> None:
     ],
 )
 async def test_request_target_from_the_url(suffix: str, target: str) -> None:
-    async with serve(keep_alive()) as up:
-        pool = new_pool()
-        try:
-            response = await pool.request("GET", up.url + suffix, {})
-            assert await response.read() == b"ok"
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive()) as up, pooled() as pool:
+        response = await pool.request("GET", up.url + suffix, {})
+        assert await response.read() == b"ok"
     [request] = up.requests
     assert (request.method, request.target) == ("GET", target)
     assert request.header("content-length") == "0"
@@ -354,13 +401,10 @@ async def test_request_target_from_the_url(suffix: str, target: str) -> None:
     ["ftp://127.0.0.1/x", "127.0.0.1:80/x", "http:///x", "http://user:pw@127.0.0.1/x"],
 )
 async def test_urls_that_cannot_be_used_raise_value_error(url: str) -> None:
-    pool = new_pool()
-    try:
+    async with pooled() as pool:
         with pytest.raises(ValueError, match=r"URL|credentials"):
             await pool.request("POST", url, {})
         assert len(pool) == 0
-    finally:
-        await pool.aclose()
 
 
 @pytest.mark.anyio
@@ -371,12 +415,8 @@ async def test_ipv6_literal_url() -> None:
         probe.close()
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    async with serve(keep_alive(), host="::1") as up:
-        pool = new_pool()
-        try:
-            assert await get(pool, f"http://[::1]:{up.port}/six") == b"ok"
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(), host="::1") as up, pooled() as pool:
+        assert await get(pool, f"http://[::1]:{up.port}/six") == b"ok"
     [request] = up.requests
     assert request.target == "/six"
     assert request.header("host") == f"[::1]:{up.port}"
@@ -391,39 +431,31 @@ async def test_sequential_requests_reuse_one_connection() -> None:
     def echo(request: Request) -> bytes:
         return answer(b"echo:" + request.body, headers=[("x-n", str(len(up.requests)))])
 
-    async with serve(keep_alive(echo)) as up:
-        pool = new_pool()
-        try:
-            first = await pool.request("POST", up.url + "/a", {}, b"one")
-            assert await first.read() == b"echo:one"
-            first.close()
-            assert len(pool) == 1
-            second = await pool.request("POST", up.url + "/b", {}, b"two")
-            assert await second.read() == b"echo:two"
-            second.close()
-            # the second answer's headers are its own, not merged with the first's
-            assert second.headers["x-n"] == "2"
-            assert first.headers["x-n"] == "1"
-            assert len(pool) == 1
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(echo)) as up, pooled() as pool:
+        first = await pool.request("POST", up.url + "/a", {}, b"one")
+        assert await first.read() == b"echo:one"
+        first.close()
+        assert len(pool) == 1
+        second = await pool.request("POST", up.url + "/b", {}, b"two")
+        assert await second.read() == b"echo:two"
+        second.close()
+        # the second answer's headers are its own, not merged with the first's
+        assert second.headers["x-n"] == "2"
+        assert first.headers["x-n"] == "1"
+        assert len(pool) == 1
     assert len(up.conns) == 1
     assert [r.target for r in up.conns[0].requests] == ["/a", "/b"]
 
 
 @pytest.mark.anyio
 async def test_idle_connection_expires_after_keepalive_expiry() -> None:
-    async with serve(keep_alive()) as up:
-        pool = new_pool(keepalive_expiry=0.05)
-        try:
-            assert await get(pool, up.url) == b"ok"
-            await asyncio.sleep(0.1)
-            assert await get(pool, up.url) == b"ok"
-            assert len(up.conns) == 2
-            assert await closed_by_client(up.conns[0])
-            assert len(pool) == 1
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive()) as up, pooled(keepalive_expiry=0.05) as pool:
+        assert await get(pool, up.url) == b"ok"
+        await asyncio.sleep(0.1)
+        assert await get(pool, up.url) == b"ok"
+        assert len(up.conns) == 2
+        assert await closed_by_client(up.conns[0])
+        assert len(pool) == 1
 
 
 @pytest.mark.anyio
@@ -436,21 +468,13 @@ async def test_idle_connection_expires_after_keepalive_expiry() -> None:
     ids=["connection-close", "http-1.0"],
 )
 async def test_answer_that_does_not_keep_alive_is_not_reused(reply: bytes) -> None:
-    async def handler(conn: Conn) -> None:
-        await conn.read_request()
-        await conn.send(reply)  # and the server leaves its side open
-        await conn.until_peer_closes()
-
-    async with serve(handler) as up:
-        pool = new_pool()
-        try:
-            assert await get(pool, up.url) == b"bye"
-            assert await closed_by_client(up.conns[0])
-            assert len(pool) == 0
-            assert await get(pool, up.url) == b"bye"
-            assert len(up.conns) == 2
-        finally:
-            await pool.aclose()
+    # the server answers, then leaves its side open
+    async with serve(reply_and_hold(reply)) as up, pooled() as pool:
+        assert await get(pool, up.url) == b"bye"
+        assert await closed_by_client(up.conns[0])
+        assert len(pool) == 0
+        assert await get(pool, up.url) == b"bye"
+        assert len(up.conns) == 2
 
 
 @pytest.mark.anyio
@@ -464,14 +488,10 @@ async def test_answer_that_does_not_keep_alive_is_not_reused(reply: bytes) -> No
     ids=["length-0", "204", "304"],
 )
 async def test_empty_answers_complete_and_keep_the_connection(reply: bytes) -> None:
-    async with serve(keep_alive(lambda _: reply)) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            for _ in range(2):
-                assert await get(pool, up.url) == b""
-            assert len(up.conns) == 1
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(lambda _: reply)) as up, pooled(read_timeout=1.0) as pool:
+        for _ in range(2):
+            assert await get(pool, up.url) == b""
+        assert len(up.conns) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,17 +512,13 @@ async def test_chunked_answer_is_decoded_and_the_connection_kept() -> None:
             # a chunk extension and a trailer are part of chunked framing too
             await conn.send(b"3;ext=1\r\nabc\r\n0\r\nx-trailer: t\r\n\r\n")
 
-    async with serve(handler) as up:
-        pool = new_pool()
-        try:
-            for _ in range(2):
-                response = await pool.request("POST", up.url, {})
-                assert response.headers["transfer-encoding"] == "chunked"
-                assert await response.read() == b"".join(parts) + b"abc"
-                response.close()
-            assert len(up.conns) == 1
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled() as pool:
+        for _ in range(2):
+            response = await pool.request("POST", up.url, {})
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert await response.read() == b"".join(parts) + b"abc"
+            response.close()
+        assert len(up.conns) == 1
 
 
 @pytest.mark.anyio
@@ -516,18 +532,14 @@ async def test_iter_chunks_yields_before_the_answer_ends() -> None:
         await conn.send(chunk(b"late") + LAST_CHUNK)
         await conn.until_peer_closes()
 
-    async with serve(handler) as up:
-        pool = new_pool()
-        try:
-            response = await pool.request("POST", up.url, {})
-            seen: list[bytes] = []
-            async for piece in response.iter_chunks():
-                seen.append(piece)
-                got_first.set()
-            assert seen == [b"early", b"late"]
-            response.close()
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled() as pool:
+        response = await pool.request("POST", up.url, {})
+        seen: list[bytes] = []
+        async for piece in response.iter_chunks():
+            seen.append(piece)
+            got_first.set()
+        assert seen == [b"early", b"late"]
+        response.close()
 
 
 @pytest.mark.anyio
@@ -545,17 +557,13 @@ async def test_answer_framed_by_connection_close(close_header: bool) -> None:
             await asyncio.sleep(0.005)
         conn.writer.close()
 
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            assert await response.read() == b"".join(parts)
-            response.close()
-            assert len(pool) == 0
-            assert await get(pool, up.url) == b"".join(parts)  # a new connection
-            assert len(up.conns) == 2
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=1.0) as pool:
+        response = await pool.request("POST", up.url, {})
+        assert await response.read() == b"".join(parts)
+        response.close()
+        assert len(pool) == 0
+        assert await get(pool, up.url) == b"".join(parts)  # a new connection
+        assert len(up.conns) == 2
 
 
 @pytest.mark.anyio
@@ -566,15 +574,11 @@ async def test_reset_connection_does_not_end_a_close_framed_body_as_complete() -
         await asyncio.sleep(0.05)
         conn.reset()
 
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            with pytest.raises(BrokenAnswer):
-                await response.read()
-            response.close()
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=1.0) as pool:
+        response = await pool.request("POST", up.url, {})
+        with pytest.raises(BrokenAnswer):
+            await response.read()
+        response.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,40 +599,24 @@ async def cut_short_in_chunks(conn: Conn) -> None:
     conn.writer.close()
 
 
-async def bad_chunk_framing(conn: Conn) -> None:
-    await conn.read_request()
-    await conn.send(CHUNKED_HEAD + b"zz-not-hex\r\nabc\r\n")
-    await conn.until_peer_closes()
+bad_chunk_framing = reply_and_hold(CHUNKED_HEAD + b"zz-not-hex\r\nabc\r\n")
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("handler", [cut_short_by_length, cut_short_in_chunks, bad_chunk_framing])
 async def test_cut_short_answer_raises_broken_answer(handler: Handler) -> None:
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            assert response.status_code == 200
-            with pytest.raises(BrokenAnswer):
-                await response.read()
-            response.close()
-            assert len(pool) == 0
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=1.0) as pool:
+        await read_broken_answer(pool, up.url)
+        assert len(pool) == 0
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("handler", [cut_short_by_length, cut_short_in_chunks, bad_chunk_framing])
 async def test_cut_short_answer_through_upstream_is_bad_response(handler: Handler) -> None:
-    async with serve(handler) as up:
-        client = new_upstream(read_timeout=1.0)
-        try:
-            with pytest.raises(UpstreamError) as caught:
-                await client.fetch("Test", up.url + "/v1/x", b"{}", {})
-            assert caught.value.provider_code == "bad_response"
-            assert len(client.pool) == 0
-        finally:
-            await client.aclose()
+    async with serve(handler) as up, upstream_client(read_timeout=1.0) as client:
+        error = await fetch_error(client, up.url + "/v1/x", UpstreamError)
+        assert error.provider_code == "bad_response"
+        assert len(client.pool) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,14 +630,10 @@ async def close_after_request(conn: Conn) -> None:
 
 @pytest.mark.anyio
 async def test_closed_before_an_answer_is_connect_failed_and_sent_once() -> None:
-    async with serve(close_after_request) as up:
-        pool = new_pool()
-        try:
-            with pytest.raises(ConnectFailed):
-                await pool.request("POST", up.url, {}, b"body")
-            assert len(pool) == 0
-        finally:
-            await pool.aclose()
+    async with serve(close_after_request) as up, pooled() as pool:
+        with pytest.raises(ConnectFailed):
+            await pool.request("POST", up.url, {}, b"body")
+        assert len(pool) == 0
     assert len(up.requests) == 1
     assert len(up.conns) == 1
 
@@ -666,121 +650,85 @@ def answer_once_then_close_after_request() -> Handler:
 
 @pytest.mark.anyio
 async def test_reused_connection_closed_before_an_answer_is_not_retried() -> None:
-    async with serve(answer_once_then_close_after_request()) as up:
-        pool = new_pool()
-        try:
-            assert await get(pool, up.url, b"one") == b"first"
-            with pytest.raises(ConnectFailed):
-                await pool.request("POST", up.url, {}, b"two")
-            await asyncio.sleep(0.05)  # a resend, if any, would have come by now
-            assert [r.body for r in up.requests] == [b"one", b"two"]
-            assert len(up.conns) == 1
-            assert len(pool) == 0
-        finally:
-            await pool.aclose()
+    async with serve(answer_once_then_close_after_request()) as up, pooled() as pool:
+        assert await get(pool, up.url, b"one") == b"first"
+        with pytest.raises(ConnectFailed):
+            await pool.request("POST", up.url, {}, b"two")
+        await asyncio.sleep(0.05)  # a resend, if any, would have come by now
+        assert [r.body for r in up.requests] == [b"one", b"two"]
+        assert len(up.conns) == 1
+        assert len(pool) == 0
 
 
 @pytest.mark.anyio
 async def test_closed_before_an_answer_through_upstream_is_connection_error() -> None:
-    async with serve(answer_once_then_close_after_request()) as up:
-        client = new_upstream()
-        try:
-            answer_ = await client.fetch("Test", up.url, b"one", {})
-            assert answer_.content == b"first"
-            with pytest.raises(UpstreamError) as caught:
-                await client.fetch("Test", up.url, b"two", {})
-            assert caught.value.provider_code == "connection_error"
-            await asyncio.sleep(0.05)
-            assert [r.body for r in up.requests] == [b"one", b"two"]
-            assert len(up.conns) == 1
-        finally:
-            await client.aclose()
+    async with serve(answer_once_then_close_after_request()) as up, upstream_client() as client:
+        answer_ = await client.fetch("Test", up.url, b"one", {})
+        assert answer_.content == b"first"
+        with pytest.raises(UpstreamError) as caught:
+            await client.fetch("Test", up.url, b"two", {})
+        assert caught.value.provider_code == "connection_error"
+        await asyncio.sleep(0.05)
+        assert [r.body for r in up.requests] == [b"one", b"two"]
+        assert len(up.conns) == 1
 
 
 @pytest.mark.anyio
 async def test_connection_refused_is_connect_failed() -> None:
     url = f"http://127.0.0.1:{free_port()}/x"
-    pool = new_pool()
-    try:
+    async with pooled() as pool:
         with pytest.raises(ConnectFailed) as caught:
             await pool.request("POST", url, {})
         assert not isinstance(caught.value, ConnectTimeout)
         assert len(pool) == 0
-    finally:
-        await pool.aclose()
-    client = new_upstream()
-    try:
-        with pytest.raises(UpstreamError) as upstream_error:
-            await client.fetch("Test", url, b"{}", {})
-        assert upstream_error.value.provider_code == "connection_error"
-    finally:
-        await client.aclose()
+    async with upstream_client() as client:
+        error = await fetch_error(client, url, UpstreamError)
+        assert error.provider_code == "connection_error"
 
 
 @pytest.mark.anyio
 async def test_connect_timeout() -> None:
     with unaccepting_listener() as port:
         url = f"http://127.0.0.1:{port}/x"
-        # a read timeout too: should the kernel accept after all, fail rather than hang
-        pool = new_pool(connect_timeout=0.2, read_timeout=0.5)
         loop = asyncio.get_running_loop()
-        try:
+        # a read timeout too: should the kernel accept after all, fail rather than hang
+        async with pooled(connect_timeout=0.2, read_timeout=0.5) as pool:
             started = loop.time()
             with pytest.raises(ConnectTimeout):
                 await pool.request("POST", url, {})
             assert 0.15 < loop.time() - started < 1.0
             assert len(pool) == 0
-        finally:
-            await pool.aclose()
-        client = new_upstream(connect_timeout=0.2, read_timeout=0.5)
-        try:
-            with pytest.raises(GatewayError) as caught:
-                await client.fetch("Test", url, b"{}", {})
+        async with upstream_client(connect_timeout=0.2, read_timeout=0.5) as client:
+            error = await fetch_error(client, url, GatewayError)
             # unreachable, as on a user's httpx client: no answer was awaited yet
-            assert isinstance(caught.value, UpstreamError)
-            assert caught.value.provider_code == "connection_error"
-        finally:
-            await client.aclose()
+            assert isinstance(error, UpstreamError)
+            assert error.provider_code == "connection_error"
 
 
-async def garbage(conn: Conn) -> None:
-    await conn.read_request()
-    await conn.send(b"garbage, not HTTP at all\r\n\r\n")
-    await conn.until_peer_closes()
+garbage = reply_and_hold(b"garbage, not HTTP at all\r\n\r\n")
 
 
 @pytest.mark.anyio
 async def test_garbage_instead_of_http_is_an_error() -> None:
     async with serve(garbage) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
+        async with pooled(read_timeout=1.0) as pool:
             with pytest.raises(Http1Error):
                 await pool.request("POST", up.url, {})
             assert len(pool) == 0
             assert await closed_by_client(up.conns[0])
-        finally:
-            await pool.aclose()
-        client = new_upstream(read_timeout=1.0)
-        try:
-            with pytest.raises(UpstreamError) as caught:
-                await client.fetch("Test", up.url, b"{}", {})
-            assert caught.value.provider_code in ("connection_error", "bad_response")
-        finally:
-            await client.aclose()
+        async with upstream_client(read_timeout=1.0) as client:
+            error = await fetch_error(client, up.url, UpstreamError)
+            assert error.provider_code in ("connection_error", "bad_response")
 
 
 @pytest.mark.anyio
 async def test_interim_1xx_answer_is_skipped() -> None:
     reply = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + answer(b"final")
-    async with serve(keep_alive(lambda _: reply)) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            assert response.status_code == 200
-            assert await response.read() == b"final"
-            response.close()
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(lambda _: reply)) as up, pooled(read_timeout=1.0) as pool:
+        response = await pool.request("POST", up.url, {})
+        assert response.status_code == 200
+        assert await response.read() == b"final"
+        response.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,17 +756,13 @@ async def test_encoded_bodies_are_decoded(encoding: str, encoded: bytes) -> None
             for start in range(0, len(encoded), 7000):  # the encoded stream in several writes
                 await conn.send(encoded[start : start + 7000])
 
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            for _ in range(2):
-                response = await pool.request("POST", up.url, {})
-                assert response.headers["content-encoding"] == encoding
-                assert await response.read() == TEXT
-                response.close()
-            assert len(up.conns) == 1
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=1.0) as pool:
+        for _ in range(2):
+            response = await pool.request("POST", up.url, {})
+            assert response.headers["content-encoding"] == encoding
+            assert await response.read() == TEXT
+            response.close()
+        assert len(up.conns) == 1
 
 
 @pytest.mark.anyio
@@ -830,22 +774,11 @@ async def test_encoded_bodies_are_decoded(encoding: str, encoded: bytes) -> None
 async def test_unreadable_encodings_raise_broken_answer(encoding: str, body: bytes) -> None:
     reply = answer(body, headers=[("content-encoding", encoding)])
     async with serve(keep_alive(lambda _: reply)) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            assert response.status_code == 200
-            with pytest.raises(BrokenAnswer):
-                await response.read()
-            response.close()
-        finally:
-            await pool.aclose()
-        client = new_upstream(read_timeout=1.0)
-        try:
-            with pytest.raises(UpstreamError) as caught:
-                await client.fetch("Test", up.url, b"{}", {})
-            assert caught.value.provider_code == "bad_response"
-        finally:
-            await client.aclose()
+        async with pooled(read_timeout=1.0) as pool:
+            await read_broken_answer(pool, up.url)
+        async with upstream_client(read_timeout=1.0) as client:
+            error = await fetch_error(client, up.url, UpstreamError)
+            assert error.provider_code == "bad_response"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,40 +788,29 @@ async def test_unreadable_encodings_raise_broken_answer(encoding: str, body: byt
 @pytest.mark.anyio
 async def test_read_timeout_waiting_for_the_headers() -> None:
     async with serve(silent) as up:
-        pool = new_pool(read_timeout=0.2)
         loop = asyncio.get_running_loop()
-        try:
+        async with pooled(read_timeout=0.2) as pool:
             started = loop.time()
             with pytest.raises(ReadTimeout):
                 await pool.request("POST", up.url, {})
             assert 0.15 < loop.time() - started < 1.0
             assert len(pool) == 0
             assert await closed_by_client(up.conns[0])
-        finally:
-            await pool.aclose()
-        client = new_upstream(read_timeout=0.2)
-        try:
+        async with upstream_client(read_timeout=0.2) as client:
             started = loop.time()
-            with pytest.raises(GatewayTimeout) as caught:
-                await client.fetch("Test", up.url, b"{}", {})
-            assert caught.value.provider_code == "provider_timeout"
+            error = await fetch_error(client, up.url, GatewayTimeout)
+            assert error.provider_code == "provider_timeout"
             assert loop.time() - started < 1.0
-        finally:
-            await client.aclose()
 
 
-async def stall_mid_body(conn: Conn) -> None:
-    await conn.read_request()
-    await conn.send(answer(b"0123456789")[:-5])
-    await conn.until_peer_closes()
+stall_mid_body = reply_and_hold(answer(b"0123456789")[:-5])
 
 
 @pytest.mark.anyio
 async def test_read_timeout_waiting_for_the_body() -> None:
     async with serve(stall_mid_body) as up:
-        pool = new_pool(read_timeout=0.2)
         loop = asyncio.get_running_loop()
-        try:
+        async with pooled(read_timeout=0.2) as pool:
             response = await pool.request("POST", up.url, {})
             started = loop.time()
             with pytest.raises(ReadTimeout):
@@ -897,19 +819,13 @@ async def test_read_timeout_waiting_for_the_body() -> None:
             response.close()
             assert len(pool) == 0
             assert await closed_by_client(up.conns[0])
-        finally:
-            await pool.aclose()
-        client = new_upstream(read_timeout=0.2)
-        try:
-            with pytest.raises(GatewayTimeout) as caught:
-                await client.fetch("Test", up.url, b"{}", {})
-            assert caught.value.provider_code == "provider_timeout"
+        async with upstream_client(read_timeout=0.2) as client:
+            error = await fetch_error(client, up.url, GatewayTimeout)
+            assert error.provider_code == "provider_timeout"
             async with client.post("Test", up.url, b"{}", {}) as streamed:
                 with pytest.raises(GatewayTimeout):
                     async for _ in streamed.aiter_lines():
                         pass
-        finally:
-            await client.aclose()
 
 
 @pytest.mark.anyio
@@ -923,12 +839,8 @@ async def test_read_timeout_is_per_wait_not_for_the_whole_body() -> None:
         await conn.send(LAST_CHUNK)
         await conn.until_peer_closes()
 
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=0.2)
-        try:
-            assert await get(pool, up.url) == b"abcd"  # 0.36 s in all, never 0.2 s without bytes
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=0.2) as pool:
+        assert await get(pool, up.url) == b"abcd"  # 0.36 s in all, never 0.2 s without bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -937,19 +849,13 @@ async def test_read_timeout_is_per_wait_not_for_the_whole_body() -> None:
 
 @pytest.mark.anyio
 async def test_cancelled_while_awaiting_the_headers_closes_the_connection() -> None:
-    async with serve(silent) as up:
-        pool = new_pool()
-        try:
-            task = asyncio.create_task(pool.request("POST", up.url, {}))
-            await until(lambda: len(up.requests) == 1)
-            assert len(pool) == 1
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert len(pool) == 0
-            assert await closed_by_client(up.conns[0])
-        finally:
-            await pool.aclose()
+    async with serve(silent) as up, pooled() as pool:
+        task = asyncio.create_task(pool.request("POST", up.url, {}))
+        await until(lambda: len(up.requests) == 1)
+        assert len(pool) == 1
+        await cancel_and_wait(task)
+        assert len(pool) == 0
+        assert await closed_by_client(up.conns[0])
 
 
 @pytest.mark.anyio
@@ -964,29 +870,18 @@ async def test_cancelled_while_reading_a_slow_body_closes_the_connection() -> No
         finally:
             response.close()
 
-    async with serve(stall_mid_body) as up:
-        pool = new_pool()
-        try:
-            task = asyncio.create_task(read_all(pool, up.url))
-            await asyncio.wait_for(have_headers.wait(), 1.0)
-            await asyncio.sleep(0.02)
-            assert not task.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert len(pool) == 0
-            assert await closed_by_client(up.conns[0])
-        finally:
-            await pool.aclose()
+    async with serve(stall_mid_body) as up, pooled() as pool:
+        task = asyncio.create_task(read_all(pool, up.url))
+        await asyncio.wait_for(have_headers.wait(), 1.0)
+        await asyncio.sleep(0.02)
+        assert not task.done()
+        await cancel_and_wait(task)
+        assert len(pool) == 0
+        assert await closed_by_client(up.conns[0])
 
 
 @pytest.mark.anyio
 async def test_cancelled_while_streaming_lines_through_upstream_closes_the_connection() -> None:
-    async def handler(conn: Conn) -> None:
-        await conn.read_request()
-        await conn.send(CHUNKED_HEAD + chunk(b"data: one\n\n"))
-        await conn.until_peer_closes()
-
     lines: list[str] = []
 
     async def stream(client: Http1Upstream, url: str) -> None:
@@ -994,19 +889,14 @@ async def test_cancelled_while_streaming_lines_through_upstream_closes_the_conne
             async for line in response.aiter_lines():
                 lines.append(line)
 
-    async with serve(handler) as up:
-        client = new_upstream()
-        try:
-            task = asyncio.create_task(stream(client, up.url))
-            await until(lambda: len(lines) == 2)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert lines == ["data: one", ""]
-            assert len(client.pool) == 0
-            assert await closed_by_client(up.conns[0])
-        finally:
-            await client.aclose()
+    handler = reply_and_hold(CHUNKED_HEAD + chunk(b"data: one\n\n"))
+    async with serve(handler) as up, upstream_client() as client:
+        task = asyncio.create_task(stream(client, up.url))
+        await until(lambda: len(lines) == 2)
+        await cancel_and_wait(task)
+        assert lines == ["data: one", ""]
+        assert len(client.pool) == 0
+        assert await closed_by_client(up.conns[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1020,16 +910,12 @@ async def test_max_connections_one_serves_concurrent_requests_in_turn() -> None:
             await asyncio.sleep(0.05)
             await conn.send(answer(b"re:" + request.body))
 
-    async with serve(handler) as up:
-        pool = new_pool(max_connections=1)
-        try:
-            results = await asyncio.gather(
-                get(pool, up.url, b"a"), get(pool, up.url, b"b"), get(pool, up.url, b"c")
-            )
-            assert sorted(results) == [b"re:a", b"re:b", b"re:c"]
-            assert len(pool) == 1
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(max_connections=1) as pool:
+        results = await asyncio.gather(
+            get(pool, up.url, b"a"), get(pool, up.url, b"b"), get(pool, up.url, b"c")
+        )
+        assert sorted(results) == [b"re:a", b"re:b", b"re:c"]
+        assert len(pool) == 1
     assert up.max_open == 1
     assert len(up.conns) == 1
     assert len(up.requests) == 3
@@ -1040,55 +926,40 @@ async def test_limit_reached_closes_an_idle_connection_to_another_origin() -> No
     async with (
         serve(keep_alive(lambda _: answer(b"A"))) as a,
         serve(keep_alive(lambda _: answer(b"B"))) as b,
+        pooled(max_connections=1) as pool,
     ):
-        pool = new_pool(max_connections=1)
-        try:
-            assert await get(pool, a.url) == b"A"
-            assert await asyncio.wait_for(get(pool, b.url), 1.0) == b"B"
-            assert await closed_by_client(a.conns[0])
-            assert len(pool) == 1
-        finally:
-            await pool.aclose()
+        assert await get(pool, a.url) == b"A"
+        assert await asyncio.wait_for(get(pool, b.url), 1.0) == b"B"
+        assert await closed_by_client(a.conns[0])
+        assert len(pool) == 1
 
 
 @pytest.mark.anyio
 async def test_a_cancelled_waiter_for_a_connection_leaves_the_queue() -> None:
-    async with serve(keep_alive()) as up:
-        pool = new_pool(max_connections=1)
-        try:
-            held = await pool.request("POST", up.url, {})
-            waiter = asyncio.create_task(get(pool, up.url))
-            await asyncio.sleep(0.02)
-            assert not waiter.done()
-            waiter.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiter
-            assert await held.read() == b"ok"
-            held.close()
-            assert await asyncio.wait_for(get(pool, up.url), 1.0) == b"ok"
-            assert len(up.conns) == 1
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive()) as up, pooled(max_connections=1) as pool:
+        held = await pool.request("POST", up.url, {})
+        waiter = asyncio.create_task(get(pool, up.url))
+        await asyncio.sleep(0.02)
+        assert not waiter.done()
+        await cancel_and_wait(waiter)
+        assert await held.read() == b"ok"
+        held.close()
+        assert await asyncio.wait_for(get(pool, up.url), 1.0) == b"ok"
+        assert len(up.conns) == 1
 
 
 @pytest.mark.anyio
 async def test_a_woken_then_cancelled_waiter_does_not_strand_the_next() -> None:
-    async with serve(keep_alive()) as up:
-        pool = new_pool(max_connections=1)
-        try:
-            held = await pool.request("POST", up.url, {})
-            second = asyncio.create_task(get(pool, up.url))
-            third = asyncio.create_task(get(pool, up.url))
-            await asyncio.sleep(0.02)
-            assert not second.done()
-            assert not third.done()
-            assert await held.read() == b"ok"  # back to the pool: wakes ``second``...
-            second.cancel()  # ...which is cancelled before it runs
-            with pytest.raises(asyncio.CancelledError):
-                await second
-            assert await asyncio.wait_for(third, 1.0) == b"ok"
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive()) as up, pooled(max_connections=1) as pool:
+        held = await pool.request("POST", up.url, {})
+        second = asyncio.create_task(get(pool, up.url))
+        third = asyncio.create_task(get(pool, up.url))
+        await asyncio.sleep(0.02)
+        assert not second.done()
+        assert not third.done()
+        assert await held.read() == b"ok"  # back to the pool: wakes ``second``...
+        await cancel_and_wait(second)  # ...which is cancelled before it runs
+        assert await asyncio.wait_for(third, 1.0) == b"ok"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1103,17 +974,13 @@ async def test_server_closing_an_idle_connection_means_a_new_one_next_time() -> 
         await conn.send(answer(b"once:" + request.body))
         conn.writer.close()
 
-    async with serve(answer_once) as up:
-        pool = new_pool()
-        try:
-            assert await get(pool, up.url, b"1") == b"once:1"
-            await until(lambda: up.open_now == 0)
-            await asyncio.sleep(0.05)
-            assert len(pool) == 0
-            assert await get(pool, up.url, b"2") == b"once:2"
-            assert len(up.conns) == 2
-        finally:
-            await pool.aclose()
+    async with serve(answer_once) as up, pooled() as pool:
+        assert await get(pool, up.url, b"1") == b"once:1"
+        await until(lambda: up.open_now == 0)
+        await asyncio.sleep(0.05)
+        assert len(pool) == 0
+        assert await get(pool, up.url, b"2") == b"once:2"
+        assert len(up.conns) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1123,34 +990,24 @@ async def test_server_closing_an_idle_connection_means_a_new_one_next_time() -> 
 @pytest.mark.anyio
 async def test_large_body_streams_with_bounded_buffering() -> None:
     body = os.urandom(8 << 20)
-
-    async def handler(conn: Conn) -> None:
-        await conn.read_request()
-        await conn.send(answer(body))
-        await conn.until_peer_closes()
-
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=2.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            await asyncio.sleep(0.1)  # nobody reads: the client must stop reading the socket
-            assert 0 < response._pending <= HIGH_WATER + (256 << 10)
-            digest = hashlib.sha256()
-            received = pieces = most_pending = 0
-            async for piece in response.iter_chunks():
-                digest.update(piece)
-                received += len(piece)
-                pieces += 1
-                most_pending = max(most_pending, response._pending)
-                if pieces % 4 == 0:
-                    await asyncio.sleep(0.002)  # a slow consumer
-            response.close()
-            assert received == len(body)
-            assert digest.digest() == hashlib.sha256(body).digest()
-            assert most_pending <= HIGH_WATER + (256 << 10)
-            assert len(pool) == 1  # read whole: kept
-        finally:
-            await pool.aclose()
+    async with serve(reply_and_hold(answer(body))) as up, pooled(read_timeout=2.0) as pool:
+        response = await pool.request("POST", up.url, {})
+        await asyncio.sleep(0.1)  # nobody reads: the client must stop reading the socket
+        assert 0 < response._pending <= HIGH_WATER + (256 << 10)
+        digest = hashlib.sha256()
+        received = pieces = most_pending = 0
+        async for piece in response.iter_chunks():
+            digest.update(piece)
+            received += len(piece)
+            pieces += 1
+            most_pending = max(most_pending, response._pending)
+            if pieces % 4 == 0:
+                await asyncio.sleep(0.002)  # a slow consumer
+        response.close()
+        assert received == len(body)
+        assert digest.digest() == hashlib.sha256(body).digest()
+        assert most_pending <= HIGH_WATER + (256 << 10)
+        assert len(pool) == 1  # read whole: kept
 
 
 @pytest.mark.anyio
@@ -1160,15 +1017,9 @@ async def test_large_request_body_is_sent_whole() -> None:
     def digest(request: Request) -> bytes:
         return answer(hashlib.sha256(request.body).hexdigest().encode())
 
-    async with serve(keep_alive(digest)) as up:
-        pool = new_pool(read_timeout=2.0)
-        try:
-            assert await get(pool, up.url, body) == hashlib.sha256(body).hexdigest().encode()
-            assert (
-                await get(pool, up.url, b"small") == hashlib.sha256(b"small").hexdigest().encode()
-            )
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(digest)) as up, pooled(read_timeout=2.0) as pool:
+        assert await get(pool, up.url, body) == hashlib.sha256(body).hexdigest().encode()
+        assert await get(pool, up.url, b"small") == hashlib.sha256(b"small").hexdigest().encode()
     assert up.requests[0].header("content-length") == str(len(body))
     assert len(up.conns) == 1
 
@@ -1196,46 +1047,34 @@ async def test_aiter_lines_splits_on_crlf_and_lf_across_writes() -> None:
                 await asyncio.sleep(0.01)
             await conn.send(LAST_CHUNK)
 
-    async with serve(handler) as up:
-        client = new_upstream()
-        try:
-            for _ in range(2):
-                async with client.post("Test", up.url, b"{}", {}) as response:
-                    assert response.status_code == 200
-                    lines = [line async for line in response.aiter_lines()]
-                assert lines == ["first", "second", "", "thérd", "last line without newline"]
-            assert len(up.conns) == 1  # read whole: the connection was kept
-        finally:
-            await client.aclose()
+    async with serve(handler) as up, upstream_client() as client:
+        for _ in range(2):
+            async with client.post("Test", up.url, b"{}", {}) as response:
+                assert response.status_code == 200
+                lines = [line async for line in response.aiter_lines()]
+            assert lines == ["first", "second", "", "thérd", "last line without newline"]
+        assert len(up.conns) == 1  # read whole: the connection was kept
 
 
 @pytest.mark.anyio
 async def test_aiter_lines_of_a_broken_answer_is_bad_response() -> None:
-    async with serve(cut_short_by_length) as up:
-        client = new_upstream(read_timeout=1.0)
-        try:
-            async with client.post("Test", up.url, b"{}", {}) as response:
-                with pytest.raises(UpstreamError) as caught:
-                    async for _ in response.aiter_lines():
-                        pass
-            assert caught.value.provider_code == "bad_response"
-        finally:
-            await client.aclose()
+    async with serve(cut_short_by_length) as up, upstream_client(read_timeout=1.0) as client:
+        async with client.post("Test", up.url, b"{}", {}) as response:
+            with pytest.raises(UpstreamError) as caught:
+                async for _ in response.aiter_lines():
+                    pass
+        assert caught.value.provider_code == "bad_response"
 
 
 @pytest.mark.anyio
 async def test_upstream_fetch_returns_status_headers_and_body() -> None:
     reply = answer(b'{"error": 1}', status=429, headers=[("Retry-After", "3")])
-    async with serve(keep_alive(lambda _: reply)) as up:
-        client = new_upstream()
-        try:
-            result = await client.fetch("Test", up.url + "/v1/x", b'{"a": 1}', {"X-Key": "k"})
-            assert result.status_code == 429
-            assert not result.is_success
-            assert result.headers["retry-after"] == "3"
-            assert result.content == b'{"error": 1}'
-        finally:
-            await client.aclose()
+    async with serve(keep_alive(lambda _: reply)) as up, upstream_client() as client:
+        result = await client.fetch("Test", up.url + "/v1/x", b'{"a": 1}', {"X-Key": "k"})
+        assert result.status_code == 429
+        assert not result.is_success
+        assert result.headers["retry-after"] == "3"
+        assert result.content == b'{"error": 1}'
     [request] = up.requests
     assert (request.method, request.target, request.body) == ("POST", "/v1/x", b'{"a": 1}')
     assert request.header("x-key") == "k"
@@ -1243,15 +1082,11 @@ async def test_upstream_fetch_returns_status_headers_and_body() -> None:
 
 @pytest.mark.anyio
 async def test_upstream_aread_twice_returns_the_body_twice() -> None:
-    async with serve(keep_alive(lambda _: answer(b"body"))) as up:
-        client = new_upstream()
-        try:
-            async with client.post("Test", up.url, b"{}", {}) as response:
-                first = await response.aread()
-                second = await response.aread()
-            assert (first, second) == (b"body", b"body")
-        finally:
-            await client.aclose()
+    async with serve(keep_alive(lambda _: answer(b"body"))) as up, upstream_client() as client:
+        async with client.post("Test", up.url, b"{}", {}) as response:
+            first = await response.aread()
+            second = await response.aread()
+        assert (first, second) == (b"body", b"body")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1273,36 +1108,32 @@ async def test_response_headers_case_insensitive_and_repeats_joined() -> None:
             await asyncio.sleep(0.001)
         await conn.until_peer_closes()
 
-    async with serve(handler) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url, {})
-            headers = response.headers
-            assert isinstance(headers, Headers)
-            assert headers["content-type"] == "text/plain"
-            assert headers["CONTENT-TYPE"] == "text/plain"
-            assert headers["x-multi"] == "a, b, c"
-            assert headers.get("X-Multi") == "a, b, c"
-            assert "set-COOKIE" in headers
-            assert "missing" not in headers
-            not_a_name: object = 42
-            assert not_a_name not in headers
-            assert headers.get("missing") is None
-            assert headers.get("missing", "default") == "default"
-            with pytest.raises(KeyError):
-                headers["missing"]
-            assert sorted(headers) == [
-                "content-length",
-                "content-type",
-                "set-cookie",
-                "x-multi",
-            ]
-            assert len(headers) == 4
-            assert dict(headers)["x-multi"] == "a, b, c"
-            assert await response.read() == b"ok"
-            response.close()
-        finally:
-            await pool.aclose()
+    async with serve(handler) as up, pooled(read_timeout=1.0) as pool:
+        response = await pool.request("POST", up.url, {})
+        headers = response.headers
+        assert isinstance(headers, Headers)
+        assert headers["content-type"] == "text/plain"
+        assert headers["CONTENT-TYPE"] == "text/plain"
+        assert headers["x-multi"] == "a, b, c"
+        assert headers.get("X-Multi") == "a, b, c"
+        assert "set-COOKIE" in headers
+        assert "missing" not in headers
+        not_a_name: object = 42
+        assert not_a_name not in headers
+        assert headers.get("missing") is None
+        assert headers.get("missing", "default") == "default"
+        with pytest.raises(KeyError):
+            headers["missing"]
+        assert sorted(headers) == [
+            "content-length",
+            "content-type",
+            "set-cookie",
+            "x-multi",
+        ]
+        assert len(headers) == 4
+        assert dict(headers)["x-multi"] == "a, b, c"
+        assert await response.read() == b"ok"
+        response.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1326,17 +1157,13 @@ async def test_response_headers_case_insensitive_and_repeats_joined() -> None:
 async def test_unsendable_request_raises_value_error_and_sends_nothing(
     method: str, suffix: str, headers: dict[str, str]
 ) -> None:
-    async with serve(keep_alive()) as up:
-        pool = new_pool()
-        try:
-            with pytest.raises(ValueError, match=r"CR, LF or NUL|Latin-1"):
-                await pool.request(method, up.url + suffix, headers, b"body")
-            await asyncio.sleep(0.05)
-            assert up.conns == []
-            assert len(pool) == 0
-            assert await get(pool, up.url + "/ok") == b"ok"  # the pool still works
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive()) as up, pooled() as pool:
+        with pytest.raises(ValueError, match=r"CR, LF or NUL|Latin-1"):
+            await pool.request(method, up.url + suffix, headers, b"body")
+        await asyncio.sleep(0.05)
+        assert up.conns == []
+        assert len(pool) == 0
+        assert await get(pool, up.url + "/ok") == b"ok"  # the pool still works
     assert [r.target for r in up.requests] == ["/ok"]
     assert up.requests[0].header("x-injected") is None
 
@@ -1348,12 +1175,9 @@ async def test_unsendable_request_raises_value_error_and_sends_nothing(
 @pytest.mark.anyio
 async def test_aclose_closes_kept_connections_and_refuses_new_requests() -> None:
     async with serve(keep_alive()) as up:
-        pool = new_pool()
-        try:
+        async with pooled() as pool:
             assert await get(pool, up.url) == b"ok"
             assert len(pool) == 1
-        finally:
-            await pool.aclose()
         assert pool.closed
         assert len(pool) == 0
         assert await closed_by_client(up.conns[0])
@@ -1361,10 +1185,9 @@ async def test_aclose_closes_kept_connections_and_refuses_new_requests() -> None
             await pool.request("POST", up.url, {})
         assert len(up.conns) == 1
 
-        client = new_upstream()
-        assert not client.is_closed
-        assert (await client.fetch("Test", up.url, b"{}", {})).content == b"ok"
-        await client.aclose()
+        async with upstream_client() as client:
+            assert not client.is_closed
+            assert (await client.fetch("Test", up.url, b"{}", {})).content == b"ok"
         assert client.is_closed
         assert await closed_by_client(up.conns[1])
         with pytest.raises(GatewayError):
@@ -1375,14 +1198,11 @@ async def test_aclose_closes_kept_connections_and_refuses_new_requests() -> None
 @pytest.mark.anyio
 async def test_aclose_fails_a_request_awaiting_its_answer_or_a_connection() -> None:
     async with serve(silent) as up:
-        pool = new_pool(max_connections=1)
-        try:
+        async with pooled(max_connections=1) as pool:
             waiting_answer = asyncio.create_task(pool.request("POST", up.url, {}))
             waiting_connection = asyncio.create_task(pool.request("POST", up.url, {}))
             await until(lambda: len(up.requests) == 1)
             await asyncio.sleep(0.01)
-        finally:
-            await pool.aclose()
         with pytest.raises(ConnectFailed):
             await asyncio.wait_for(waiting_answer, 1.0)
         with pytest.raises(ConnectFailed):
@@ -1393,13 +1213,10 @@ async def test_aclose_fails_a_request_awaiting_its_answer_or_a_connection() -> N
 @pytest.mark.anyio
 async def test_aclose_fails_a_body_being_read() -> None:
     async with serve(stall_mid_body) as up:
-        pool = new_pool()
-        try:
+        async with pooled() as pool:
             response = await pool.request("POST", up.url, {})
             reading = asyncio.create_task(response.read())
             await asyncio.sleep(0.02)
-        finally:
-            await pool.aclose()
         try:
             with pytest.raises(Http1Error):
                 await asyncio.wait_for(reading, 1.0)
@@ -1412,36 +1229,31 @@ async def test_aclose_fails_a_body_being_read() -> None:
 async def test_closing_an_unread_answer_drops_its_connection(partly: bool) -> None:
     big = b"y" * 300_000
 
-    async with serve(keep_alive(lambda r: answer(big if r.target == "/big" else b"small"))) as up:
-        pool = new_pool(read_timeout=1.0)
-        try:
-            response = await pool.request("POST", up.url + "/big", {})
-            if partly:
-                async for _ in response.iter_chunks():
-                    break
-            await asyncio.sleep(0.02)
-            response.close()
-            assert len(pool) == 0
-            assert await closed_by_client(up.conns[0])
-            assert await get(pool, up.url + "/small") == b"small"
-            assert len(up.conns) == 2
-        finally:
-            await pool.aclose()
+    async with (
+        serve(keep_alive(lambda r: answer(big if r.target == "/big" else b"small"))) as up,
+        pooled(read_timeout=1.0) as pool,
+    ):
+        response = await pool.request("POST", up.url + "/big", {})
+        if partly:
+            async for _ in response.iter_chunks():
+                break
+        await asyncio.sleep(0.02)
+        response.close()
+        assert len(pool) == 0
+        assert await closed_by_client(up.conns[0])
+        assert await get(pool, up.url + "/small") == b"small"
+        assert len(up.conns) == 2
 
 
 @pytest.mark.anyio
 async def test_closing_an_answer_whose_body_arrived_but_was_not_taken_drops_it() -> None:
-    async with serve(keep_alive(lambda _: answer(b"tiny"))) as up:
-        pool = new_pool()
-        try:
-            response = await pool.request("POST", up.url, {})
-            await asyncio.sleep(0.02)  # the whole body is in, nobody took it
-            response.close()
-            assert len(pool) == 0
-            assert await get(pool, up.url) == b"tiny"
-            assert len(up.conns) == 2
-        finally:
-            await pool.aclose()
+    async with serve(keep_alive(lambda _: answer(b"tiny"))) as up, pooled() as pool:
+        response = await pool.request("POST", up.url, {})
+        await asyncio.sleep(0.02)  # the whole body is in, nobody took it
+        response.close()
+        assert len(pool) == 0
+        assert await get(pool, up.url) == b"tiny"
+        assert len(up.conns) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1473,15 +1285,14 @@ async def test_https_with_a_trusted_ca(tls: Tls) -> None:
     def echo(request: Request) -> bytes:
         return answer(b"secure:" + request.body)
 
-    async with serve(keep_alive(echo), ssl_context=tls.server) as up:
-        pool = new_pool(ssl_context=tls.client)
-        try:
-            url = f"https://localhost:{up.port}/x"
-            assert await get(pool, url, b"1") == b"secure:1"
-            assert await get(pool, url, b"2") == b"secure:2"
-            assert await get(pool, f"https://127.0.0.1:{up.port}/x", b"3") == b"secure:3"
-        finally:
-            await pool.aclose()
+    async with (
+        serve(keep_alive(echo), ssl_context=tls.server) as up,
+        pooled(ssl_context=tls.client) as pool,
+    ):
+        url = f"https://localhost:{up.port}/x"
+        assert await get(pool, url, b"1") == b"secure:1"
+        assert await get(pool, url, b"2") == b"secure:2"
+        assert await get(pool, f"https://127.0.0.1:{up.port}/x", b"3") == b"secure:3"
     assert up.requests[0].target == "/x"
     assert up.requests[0].header("host") == f"localhost:{up.port}"
     assert up.requests[2].header("host") == f"127.0.0.1:{up.port}"
@@ -1491,13 +1302,12 @@ async def test_https_with_a_trusted_ca(tls: Tls) -> None:
 @pytest.mark.anyio
 async def test_https_large_body_over_tls(tls: Tls) -> None:
     body = os.urandom(3 << 20)
-    async with serve(keep_alive(lambda _: answer(body)), ssl_context=tls.server) as up:
-        pool = new_pool(ssl_context=tls.client, read_timeout=2.0)
-        try:
-            got = await get(pool, f"https://localhost:{up.port}/big")
-            assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
-        finally:
-            await pool.aclose()
+    async with (
+        serve(keep_alive(lambda _: answer(body)), ssl_context=tls.server) as up,
+        pooled(ssl_context=tls.client, read_timeout=2.0) as pool,
+    ):
+        got = await get(pool, f"https://localhost:{up.port}/big")
+        assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
 
 
 @contextmanager
@@ -1526,13 +1336,10 @@ def server_handshake_failures_expected() -> Iterator[None]:
 async def test_https_untrusted_certificate_is_connect_failed(tls: Tls) -> None:
     with server_handshake_failures_expected():
         async with serve(keep_alive(), ssl_context=tls.server) as up:
-            pool = new_pool()  # the system's CA store: does not know the test CA
-            try:
+            async with pooled() as pool:  # the system's CA store: does not know the test CA
                 with pytest.raises(ConnectFailed):
                     await pool.request("POST", f"https://localhost:{up.port}/x", {})
                 assert len(pool) == 0
-            finally:
-                await pool.aclose()
             await asyncio.sleep(0.05)  # the server's side of the handshake fails too
     assert up.conns == []
 
@@ -1541,12 +1348,9 @@ async def test_https_untrusted_certificate_is_connect_failed(tls: Tls) -> None:
 async def test_https_wrong_host_name_is_connect_failed(tls: Tls) -> None:
     with server_handshake_failures_expected():
         async with serve(keep_alive(), ssl_context=tls.wrong_name_server) as up:
-            pool = new_pool(ssl_context=tls.client)
-            try:
+            async with pooled(ssl_context=tls.client) as pool:
                 with pytest.raises(ConnectFailed):
                     await pool.request("POST", f"https://localhost:{up.port}/x", {})
-            finally:
-                await pool.aclose()
             await asyncio.sleep(0.05)
     assert up.conns == []
 
