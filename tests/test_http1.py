@@ -696,7 +696,7 @@ async def test_connect_timeout() -> None:
             started = loop.time()
             with pytest.raises(ConnectTimeout):
                 await pool.request("POST", url, {})
-            assert 0.15 < loop.time() - started < 1.0
+            assert 0.15 < loop.time() - started < 5.0  # no hang; not a speed check
             assert len(pool) == 0
         async with upstream_client(connect_timeout=0.2, read_timeout=0.5) as client:
             error = await fetch_error(client, url, GatewayError)
@@ -793,14 +793,14 @@ async def test_read_timeout_waiting_for_the_headers() -> None:
             started = loop.time()
             with pytest.raises(ReadTimeout):
                 await pool.request("POST", up.url, {})
-            assert 0.15 < loop.time() - started < 1.0
+            assert 0.15 < loop.time() - started < 5.0  # no hang; not a speed check
             assert len(pool) == 0
             assert await closed_by_client(up.conns[0])
         async with upstream_client(read_timeout=0.2) as client:
             started = loop.time()
             error = await fetch_error(client, up.url, GatewayTimeout)
             assert error.provider_code == "provider_timeout"
-            assert loop.time() - started < 1.0
+            assert loop.time() - started < 5.0  # no hang; not a speed check
 
 
 stall_mid_body = reply_and_hold(answer(b"0123456789")[:-5])
@@ -815,7 +815,7 @@ async def test_read_timeout_waiting_for_the_body() -> None:
             started = loop.time()
             with pytest.raises(ReadTimeout):
                 await response.read()
-            assert 0.15 < loop.time() - started < 1.0
+            assert 0.15 < loop.time() - started < 5.0  # no hang; not a speed check
             response.close()
             assert len(pool) == 0
             assert await closed_by_client(up.conns[0])
@@ -834,13 +834,13 @@ async def test_read_timeout_is_per_wait_not_for_the_whole_body() -> None:
         await conn.read_request()
         await conn.send(CHUNKED_HEAD)
         for piece in (b"a", b"b", b"c", b"d"):
-            await asyncio.sleep(0.09)
+            await asyncio.sleep(0.15)
             await conn.send(chunk(piece))
         await conn.send(LAST_CHUNK)
         await conn.until_peer_closes()
 
-    async with serve(handler) as up, pooled(read_timeout=0.2) as pool:
-        assert await get(pool, up.url) == b"abcd"  # 0.36 s in all, never 0.2 s without bytes
+    async with serve(handler) as up, pooled(read_timeout=0.5) as pool:
+        assert await get(pool, up.url) == b"abcd"  # 0.6 s in all, never 0.5 s without bytes
 
 
 # ---------------------------------------------------------------------------------------------
