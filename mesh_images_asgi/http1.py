@@ -34,6 +34,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import certifi
 import httptools
@@ -112,33 +113,23 @@ class _Origin:
     __slots__ = ("host", "key", "port", "prefix", "ssl", "target_host")
 
     def __init__(self, url: str) -> None:
-        scheme, sep, rest = url.partition("://")
-        scheme = scheme.lower()
-        if not sep or scheme not in _DEFAULT_PORTS:
+        _check(url)  # before urlsplit, which would drop CR and LF silently
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        if scheme not in _DEFAULT_PORTS:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        authority, slash, path = rest.partition("/")
-        target = slash + path if slash else "/"
-        authority, _, query = authority.partition("?")  # "http://host?x" has no path
-        if query:
-            target = "/?" + query
-        target = target.partition("#")[0]
-        if "@" in authority:
+        if parts.username is not None:
             raise ValueError("credentials in an upstream URL are not supported")
-        if authority.startswith("["):  # an IPv6 literal
-            host, _, port_text = authority[1:].partition("]")
-            port_text = port_text.removeprefix(":")
-        else:
-            host, _, port_text = authority.partition(":")
         if not host:
             raise ValueError(f"no host in URL {url!r}")
-        port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        port = parts.port or _DEFAULT_PORTS[scheme]
         shown = f"[{host}]" if ":" in host else host
         self.host = host
         self.port = port
         self.ssl = scheme == "https"
         self.target_host = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
         self.key = (scheme, host, port)
-        _check(target)
         self.prefix = f"{target} HTTP/1.1\r\nhost: {self.target_host}\r\n".encode("latin-1")
 
 
@@ -153,19 +144,12 @@ def default_ssl_context() -> ssl.SSLContext:
 
 
 async def _wait(waiter: asyncio.Future[Any], patience: float | None) -> Any:
-    """``await waiter``, failing it with ``ReadTimeout`` after ``patience`` s (None: never)."""
+    """``await waiter``; ``ReadTimeout`` after ``patience`` s (None: never)."""
     if patience is None:
         return await waiter
-    timer = asyncio.get_running_loop().call_later(patience, _expire, waiter, patience)
-    try:
+    with CancelScope(timeout=patience):
         return await waiter
-    finally:
-        timer.cancel()
-
-
-def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(ReadTimeout(f"nothing came for {timeout:g} s"))
+    raise ReadTimeout(f"nothing came for {patience:g} s")
 
 
 def _check(text: str) -> None:
