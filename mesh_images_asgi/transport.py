@@ -138,11 +138,9 @@ class _Http1Response:
             return self._body
         try:
             self._body = await self._response.read()
-            return self._body
-        except http1.ReadTimeout:
-            raise too_slow(self._provider) from None
-        except http1.Http1Error:
-            raise broken_answer(self._provider) from None
+        except http1.Http1Error as exc:
+            raise _answer_error(self._provider, exc) from None
+        return self._body
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         buffer = bytearray()
@@ -156,12 +154,15 @@ class _Http1Response:
                     scanned = 0
                     yield line.decode("utf-8", "replace").removesuffix("\r")
                 scanned = len(buffer)
-        except http1.ReadTimeout:
-            raise too_slow(self._provider) from None
-        except http1.Http1Error:
-            raise broken_answer(self._provider) from None
+        except http1.Http1Error as exc:
+            raise _answer_error(self._provider, exc) from None
         if buffer:
             yield buffer.decode("utf-8", "replace").removesuffix("\r")
+
+
+def _answer_error(provider: str, exc: http1.Http1Error) -> GatewayError:
+    """What a failure while reading an answer is: too slow, or a broken answer."""
+    return too_slow(provider) if isinstance(exc, http1.ReadTimeout) else broken_answer(provider)
 
 
 class Http1Upstream:
