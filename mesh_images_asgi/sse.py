@@ -124,8 +124,7 @@ class _Writer:
         self.sent = 0
 
     async def __call__(self, message: Message) -> None:
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        with CancelScope(deadline) as scope:
+        with CancelScope(timeout=self._timeout) as scope:
             await self._send(message)
         if scope.cancelled_caught:
             raise SendTimeout
