@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from ._version import __version__ as __version__
 from .app import ImagesApp
 from .config import Settings
 from .middleware import ImagesMiddleware
 
 __all__ = ["ImagesApp", "ImagesMiddleware", "Settings"]
-
-__version__ = "0.1.0"

@@ -28,10 +28,11 @@ from .disconnect import call_until_disconnect
 from .errors import GatewayError, MethodNotAllowed, NotFound, ProviderNotAvailable
 from .inflight import InFlight
 from .metrics import Metrics
+from .observer import Observer
 from .openapi import OPENAPI_PATH, openapi_bytes
-from .outcome import CLIENT_CLOSED, Observer, current_outcome
-from .providers import build_providers
+from .outcome import CLIENT_CLOSED, current_outcome
 from .providers.base import Provider
+from .providers.registry import build_providers
 from .ratelimit import Limiter, create_limiter, enforce
 from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
@@ -185,7 +186,11 @@ class ImagesApp:
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
         self.metrics = metrics if metrics is not None else Metrics()
-        self.metrics.bind(lambda: self._service, lambda: len(self._inflight))
+        self.metrics.bind(
+            circuits=lambda: self._service.circuit_states() if self._service else (),
+            bulkheads=lambda: self._service.bulkhead_loads() if self._service else (),
+            in_flight=lambda: len(self._inflight),
+        )
         self._observer = Observer(
             self.metrics,
             Tracing(self.settings.otel, tracer_provider),
@@ -323,7 +328,7 @@ class ImagesApp:
         request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
         service = self.service
         plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
-        outcome.planned(plan)
+        outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
         if request.stream:
             await stream_generation(service, plan, receive, send, request_id, self.settings)
@@ -333,7 +338,10 @@ class ImagesApp:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         else:
             body = images_response(routed.job, routed.result)
-            headers = [*routed.routing.headers(), *cost_headers(outcome.served(routed))]
+            headers = [
+                *routed.routing.headers(),
+                *cost_headers(outcome.served(routed.routing.fallback)),
+            ]
             outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:

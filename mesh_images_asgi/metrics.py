@@ -22,8 +22,8 @@ by label values (``labels()`` costs about 1 µs; a dict hit a tenth of that).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
@@ -35,9 +35,13 @@ from ._hot_metrics import HotCounter, HotHistogram
 
 if TYPE_CHECKING:
     from .outcome import Outcome
-    from .service import ImageService
 
-__all__ = ["DURATION_BUCKETS", "OVERHEAD_BUCKETS", "Metrics"]
+__all__ = ["DURATION_BUCKETS", "OVERHEAD_BUCKETS", "BulkheadLoads", "CircuitStates", "Metrics"]
+
+CircuitStates: TypeAlias = Callable[[], Iterable[tuple[str, str]]]
+"""Each model's circuit state now: ``(model, "closed" | "open" | "half-open")``."""
+BulkheadLoads: TypeAlias = Callable[[], Iterable[tuple[str, int, int]]]
+"""Each provider's bulkhead now: ``(provider, active, waiting)``."""
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
@@ -155,18 +159,21 @@ class Metrics:
                 registry=r,
             )
         )
-        self._service: Callable[[], ImageService | None] = lambda: None
+        self._circuits: CircuitStates = tuple
+        self._bulkheads: BulkheadLoads = tuple
         self._in_flight: Callable[[], int] = lambda: 0
         self._bound = False
         r.register(_LiveState(self))
 
     def bind(
-        self, service: Callable[[], ImageService | None], in_flight: Callable[[], int]
+        self, *, circuits: CircuitStates, bulkheads: BulkheadLoads, in_flight: Callable[[], int]
     ) -> None:
-        """Read circuit states, bulkheads and in-flight generations from an app when scraped."""
+        """Read circuit states, bulkheads and in-flight generations when scraped, from these
+        snapshots (an app's; the metrics know nothing of what they read)."""
         if self._bound:
             raise ValueError("this Metrics already belongs to an app; give each app its own")
-        self._service, self._in_flight, self._bound = service, in_flight, True
+        self._circuits, self._bulkheads, self._in_flight = circuits, bulkheads, in_flight
+        self._bound = True
 
     def record(self, outcome: Outcome, total: float) -> None:
         """Count one finished request (``Outcome.finish``)."""
@@ -223,16 +230,12 @@ class _LiveState:
             "Upstream calls waiting for a slot, per provider bulkhead.",
             labels=("provider",),
         )
-        service = self._metrics._service()
-        if service is not None:
-            router = service.router
-            for model, breaker in sorted(router.breakers.items()):
-                state = breaker.state
-                for name in _CIRCUIT_STATES:
-                    circuits.add_metric((model, name), 1.0 if name == state else 0.0)
-            for provider, bulkhead in sorted(router.bulkheads.items()):
-                active.add_metric((provider,), bulkhead.active)
-                waiting.add_metric((provider,), bulkhead.waiting)
+        for model, state in self._metrics._circuits():
+            for name in _CIRCUIT_STATES:
+                circuits.add_metric((model, name), 1.0 if name == state else 0.0)
+        for provider, busy, queued in self._metrics._bulkheads():
+            active.add_metric((provider,), busy)
+            waiting.add_metric((provider,), queued)
         yield circuits
         yield active
         yield waiting

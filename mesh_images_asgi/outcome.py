@@ -3,13 +3,18 @@
     app.py      start (route, request id, the request span), key label, the plan, status, bytes
     routing.py  each upstream attempt (model, provider, time, error; its span), retries
     sse.py      open streams, pings, the stream's end (its error event, or the client leaving)
-    app.py      finish: metrics (``metrics.py``), the span's end (``tracing.py``), and the
-                access log line (``accesslog.py``), once
+    app.py      finish: the observer (``observer.py``) turns the record into metrics, the
+                span's end and the access log line, once
+
+This module is a record and nothing more: it imports no observer. What must happen *while* the
+request runs (an attempt's span and timing, retry and ping counters, the open-streams gauge) goes
+through the small ``Hooks`` protocol that the observer implements, so that the record sits at the
+bottom of the import graph and everything above may fill it.
 
 The app makes the record current in a context variable, which child tasks (the stream's producer)
-share, so the router and the stream writer find it without new parameters; code that runs outside
-an app (the router in tests) gets a detached record that observes nothing. Requests to quiet routes
-(``/healthz``, ``/metrics``) are neither counted nor logged.
+share, so the router finds it without new parameters; code that runs outside an app (the router in
+tests) gets a detached record that observes nothing. Requests to quiet routes (``/healthz``,
+``/metrics``) are neither counted nor logged.
 
 Costs stay small: with tracing off and the access log disabled, a request pays one object, a
 context variable set and reset, two clock reads and a handful of cached metric children.
@@ -17,29 +22,56 @@ context variable set and reset, two clock reads and a handful of cached metric c
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from decimal import Decimal
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import accesslog
-from ._asgi import Scope
 from .cost import estimate
 from .errors import GatewayError
-from .metrics import Metrics
-from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .providers.base import GenerationJob, ProviderResult
-    from .routing import Plan, Routed
-    from .tracing import Active
 
-__all__ = ["CLIENT_CLOSED", "UNMATCHED", "Observer", "Outcome", "current_outcome"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "UNMATCHED",
+    "Attempt",
+    "Hooks",
+    "Outcome",
+    "attempt_outcome",
+    "current_outcome",
+]
 
-logger = logging.getLogger("mesh_images_asgi")
+
+class Hooks(Protocol):
+    """What a record reports while its request runs (``observer.Observer`` implements it)."""
+
+    log_prompts: bool
+
+    def retried(self, model: str) -> None: ...
+
+    def stream_opened(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+    def pinged(self) -> None: ...
+
+    def attempt_started(self, job: GenerationJob, number: int) -> object:
+        """Start an attempt's span (or not); what it returns comes back to ``attempt_ended``."""
+        ...
+
+    def attempt_ended(
+        self,
+        job: GenerationJob,
+        seconds: float,
+        label: str,
+        span: object,
+        result: ProviderResult | None,
+    ) -> None: ...
+
 
 UNMATCHED = "unmatched"
 """The ``route`` of a request for a path we do not serve (a bounded label, not the path)."""
@@ -67,6 +99,18 @@ def current_outcome() -> Outcome:
     return outcome if outcome is not None else Outcome(None, UNMATCHED, "", "")
 
 
+def make_current(outcome: Outcome) -> None:
+    """Make ``outcome`` the current request's record (until ``release``)."""
+    outcome._token = _current.set(outcome)
+
+
+def release(outcome: Outcome) -> None:
+    """Undo ``make_current``."""
+    if outcome._token is not None:
+        _current.reset(outcome._token)
+        outcome._token = None
+
+
 def attempt_outcome(error: BaseException | None) -> str:
     """An attempt's ``outcome`` label: ``ok``, our provider code, the error code, ``cancelled``."""
     if error is None:
@@ -77,63 +121,10 @@ def attempt_outcome(error: BaseException | None) -> str:
     return "internal_error" if isinstance(error, Exception) else "cancelled"
 
 
-class Observer:
-    """One per app: starts each request's ``Outcome`` and observes it when it is finished."""
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        tracing: Tracing,
-        routes: Collection[str],
-        *,
-        quiet: Collection[str] = (),
-        log_prompts: bool = False,
-    ) -> None:
-        self.metrics = metrics
-        self.tracing = tracing
-        self.log_prompts = log_prompts
-        self._routes = routes
-        self._quiet = quiet
-        accesslog.install()
-
-    def start(self, scope: Scope, path: str, request_id: str) -> Outcome:
-        """A record for this HTTP request (``path``: its route path, ``_asgi.route_path``), made
-        current (with its span when tracing is on)."""
-        route = path if path in self._routes else UNMATCHED
-        outcome = Outcome(self, route, request_id, scope.get("method", ""))
-        outcome.quiet = route in self._quiet
-        outcome._token = _current.set(outcome)
-        tracing = self.tracing
-        if tracing.pending:
-            tracing.resolve()
-        if tracing.tracer is not None and not outcome.quiet:
-            outcome._span = tracing.start_request(scope, route if route != UNMATCHED else None)
-        return outcome
-
-    def finish(self, outcome: Outcome) -> None:
-        """Observe ``outcome`` once: its span, its metrics, its log line."""
-        total = perf_counter() - outcome.started
-        try:
-            if outcome._span is not None:
-                active, outcome._span = outcome._span, None
-                self.tracing.end_request(active, outcome)
-            if not outcome.quiet:
-                self.metrics.record(outcome, total)
-                if accesslog.enabled():
-                    accesslog.write(outcome, total)
-        except Exception:
-            logger.exception("mesh-images: observing request %s failed", outcome.request_id)
-        finally:
-            if outcome._token is not None:
-                _current.reset(outcome._token)
-                outcome._token = None
-
-
 class Outcome:
     """The record of one request (see the module docstring for who fills what)."""
 
     __slots__ = (
-        "_span",
         "_token",
         "attempts",
         "billing",
@@ -155,6 +146,7 @@ class Outcome:
         "request_id",
         "requested",
         "route",
+        "span",
         "started",
         "status",
         "stream",
@@ -162,7 +154,7 @@ class Outcome:
         "usage",
     )
 
-    def __init__(self, observer: Observer | None, route: str, request_id: str, method: str) -> None:
+    def __init__(self, observer: Hooks | None, route: str, request_id: str, method: str) -> None:
         self.observer = observer
         self.route = route
         self.request_id = request_id
@@ -194,7 +186,8 @@ class Outcome:
         self.pings = 0
         self.prompt: str | None = None
         self._token: Token[Outcome] | None = None
-        self._span: Active | None = None
+        self.span: object = None
+        """The request's span while tracing is on (the observer's, opaque here)."""
 
     def fail(self, status: int, code: str, provider_code: str | None = None) -> None:
         """The request ended with this error (a response, or a stream's error event)."""
@@ -203,9 +196,8 @@ class Outcome:
     def failed(self, error: GatewayError) -> None:
         self.fail(error.status, error.code, error.provider_code)
 
-    def planned(self, plan: Plan) -> None:
-        """The request resolved to ``plan`` (its requested model)."""
-        job = plan.job
+    def planned(self, job: GenerationJob) -> None:
+        """The request resolved to ``job`` (its requested model)."""
         self.requested = self.model = job.entry.id
         self.provider = job.entry.provider
         self.stream = job.request.stream
@@ -219,25 +211,25 @@ class Outcome:
 
     def retried(self, job: GenerationJob) -> None:
         if self.observer is not None:
-            self.observer.metrics.retries(job.entry.id).inc()
+            self.observer.retried(job.entry.id)
 
-    def served(self, routed: Routed) -> Decimal | None:
-        """The request was served by ``routed``; its estimated cost, when known."""
-        self.fallback = routed.routing.fallback
+    def served(self, fallback: bool) -> Decimal | None:
+        """The request was served (by a fallback model or not); its estimated cost, when known."""
+        self.fallback = fallback
         return self.cost
 
     def stream_opened(self) -> None:
         if self.observer is not None:
-            self.observer.metrics.streams_open.inc()
+            self.observer.stream_opened()
 
     def stream_closed(self) -> None:
         if self.observer is not None:
-            self.observer.metrics.streams_open.dec()
+            self.observer.stream_closed()
 
     def pinged(self) -> None:
         self.pings += 1
         if self.observer is not None:
-            self.observer.metrics.pings.inc()
+            self.observer.pinged()
 
 
 class Attempt:
@@ -249,15 +241,15 @@ class Attempt:
         self._outcome = outcome
         self._job = job
         self._result: ProviderResult | None = None
-        self._span: Active | None = None
+        self._span: object = None
         self._started = 0.0
 
     def __enter__(self) -> Attempt:
         o, entry = self._outcome, self._job.entry
         o.attempts += 1
         o.model, o.provider = entry.id, entry.provider
-        if o.observer is not None and o.observer.tracing.tracer is not None:
-            self._span = o.observer.tracing.start_attempt(self._job, o.attempts)
+        if o.observer is not None:
+            self._span = o.observer.attempt_started(self._job, o.attempts)
         self._started = perf_counter()
         return self
 
@@ -278,12 +270,8 @@ class Attempt:
         traceback: TracebackType | None,
     ) -> None:
         seconds = perf_counter() - self._started
-        o, entry = self._outcome, self._job.entry
+        o = self._outcome
         o.upstream += seconds
         if o.observer is None:
             return
-        label = attempt_outcome(exc)
-        o.observer.metrics.upstream_duration(entry.id, entry.provider, label).observe(seconds)
-        if self._span is not None:
-            error = None if label == "ok" else label
-            o.observer.tracing.end_attempt(self._span, self._result, error)
+        o.observer.attempt_ended(self._job, seconds, attempt_outcome(exc), self._span, self._result)

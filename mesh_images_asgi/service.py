@@ -129,6 +129,17 @@ class ImageService:
         """
         return self.router.run(plan, on_partial)
 
+    def circuit_states(self) -> list[tuple[str, str]]:
+        """Each model's circuit state, for the metrics (``Metrics.bind``)."""
+        return [(model, breaker.state) for model, breaker in sorted(self.router.breakers.items())]
+
+    def bulkhead_loads(self) -> list[tuple[str, int, int]]:
+        """Each provider's bulkhead: active and waiting calls, for the metrics."""
+        return [
+            (provider, bulkhead.active, bulkhead.waiting)
+            for provider, bulkhead in sorted(self.router.bulkheads.items())
+        ]
+
     def log_enabled(self) -> None:
         models = ", ".join(entry.id for entry in self.enabled_models())
         logger.info("mesh-images: providers enabled: %s", ", ".join(sorted(self.providers)))

@@ -173,7 +173,7 @@ async def stream_generation(
         try:
             wants_partials = bool(job.request.partial_images)
             routed = await service.generate(plan, on_partial if wants_partials else None)
-            cost = outcome.served(routed)
+            cost = outcome.served(routed.routing.fallback)
             result = routed.result
             items = image_items(routed.job, result.images, result.output_format)
             final: dict[str, Any] = {**base, "data": items, "status": "completed"}

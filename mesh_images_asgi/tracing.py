@@ -52,8 +52,14 @@ _w3c: Any = None  # the W3C trace-context propagator, once an app turned tracing
 
 
 def available() -> bool:
-    """Whether the OpenTelemetry API is installed."""
-    return importlib.util.find_spec("opentelemetry.trace") is not None
+    """Whether the OpenTelemetry API is installed.
+
+    ``find_spec`` of a submodule imports its parent, and raises when the parent is missing (a base
+    install, without the ``otel`` extra): ask for the parent first."""
+    try:
+        return importlib.util.find_spec("opentelemetry.trace") is not None
+    except ImportError:  # ModuleNotFoundError: no ``opentelemetry`` package at all
+        return False
 
 
 def upstream_headers() -> Mapping[str, str]:
@@ -112,7 +118,7 @@ class Tracing:
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from . import __version__
+        from ._version import __version__
 
         provider = self._provider
         if provider is None:

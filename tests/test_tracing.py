@@ -339,3 +339,29 @@ def test_asking_for_spans_without_opentelemetry_installed_is_a_clear_error(
     quiet = Tracing()  # the default just stays off
     quiet.resolve()
     assert quiet.tracer is None
+
+
+@pytest.mark.anyio
+async def test_a_base_install_without_opentelemetry_serves_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the otel extra there is no ``opentelemetry`` package at all, and asking for a
+    # submodule's spec raises instead of answering None: the first request got a bare 500.
+    import sys
+
+    from mesh_images_asgi import tracing
+
+    for name in [name for name in sys.modules if name.split(".")[0] == "opentelemetry"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # makes any import of it fail
+    assert tracing.available() is False
+    app = ImagesApp(Settings(otel=None))
+    async with client_for(app) as client:
+        answer = await client.post(
+            "/v1/images/generations",
+            json={"model": "local/sketch", "prompt": "p", "size": "256x256", "n": 1},
+        )
+        assert answer.status_code == 200, answer.text
+        missing = await client.post("/v1/images/generations", json={"model": "nope/x"})
+        assert missing.status_code in (404, 422)
+        assert "error" in missing.json()

@@ -1,35 +1,4 @@
-"""Upstream providers behind one interface (``base.Provider``), and which of them are enabled."""
+"""Upstream providers, one module each, behind one interface (``base.Provider``).
 
-from __future__ import annotations
-
-import httpx
-
-from ..config import Settings
-from ..transport import UpstreamClient, as_upstream_client
-from .base import Provider
-from .local import LocalProvider
-from .openai import OpenAIProvider
-from .vertex import vertex_provider
-
-__all__ = ["build_providers"]
-
-
-def build_providers(
-    settings: Settings, client: UpstreamClient | httpx.AsyncClient
-) -> dict[str, Provider]:
-    """The providers these settings enable (``local`` always is), sharing one upstream client."""
-    client = as_upstream_client(client)
-    providers: dict[str, Provider] = {"local": LocalProvider(latency=settings.local_latency)}
-    openai_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    if openai_key:
-        providers["openai"] = OpenAIProvider(
-            client,
-            api_key=openai_key,
-            base_url=settings.openai_base_url,
-            organization=settings.openai_org_id,
-            project=settings.openai_project_id,
-        )
-    vertex = vertex_provider(settings, client)
-    if vertex is not None:
-        providers["vertex"] = vertex
-    return providers
+Importing this package imports no provider: ``registry.build_providers`` builds the enabled ones.
+"""

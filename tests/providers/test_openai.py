@@ -22,7 +22,7 @@ from mesh_images_asgi.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from mesh_images_asgi.providers import build_providers
+from mesh_images_asgi.providers.registry import build_providers
 from mesh_images_asgi.providers.base import (
     GeneratedImage,
     GenerationJob,

@@ -1,0 +1,3 @@
+"""The package's version (a module of its own, so that any module may read it)."""
+
+__version__ = "0.1.0"
