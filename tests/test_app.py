@@ -14,7 +14,7 @@ import pytest
 from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi._asgi import Message
 from mesh_images_asgi.providers.base import GenerationJob, PartialSink, ProviderResult
-from tests.helpers import app_client, decode_item
+from tests.helpers import app_client, client_for, decode_item
 
 GEN = "/v1/images/generations"
 REQUEST_ID = re.compile(r"^req_[0-9A-HJKMNP-TV-Z]{26}$")
@@ -145,21 +145,21 @@ async def test_body_over_the_limit_is_413_declared_or_chunked() -> None:
 
 @pytest.mark.anyio
 async def test_413_is_sent_before_reading_a_declared_oversized_body() -> None:
-    app = ImagesApp(Settings(max_body_bytes=10, local_latency=0))
-    received: list[Message] = []
-    sent: list[Message] = []
+    async with ImagesApp(Settings(max_body_bytes=10, local_latency=0)) as app:
+        received: list[Message] = []
+        sent: list[Message] = []
 
-    async def receive() -> Message:
-        received.append({"type": "http.request"})
-        raise AssertionError("the body must not be read")
+        async def receive() -> Message:
+            received.append({"type": "http.request"})
+            raise AssertionError("the body must not be read")
 
-    async def send(message: Message) -> None:
-        sent.append(message)
+        async def send(message: Message) -> None:
+            sent.append(message)
 
-    scope = _scope(headers=[(b"content-type", b"application/json"), (b"content-length", b"99")])
-    await app(scope, receive, send)
-    assert not received
-    assert sent[0]["status"] == 413
+        scope = _scope(headers=[(b"content-type", b"application/json"), (b"content-length", b"99")])
+        await app(scope, receive, send)
+        assert not received
+        assert sent[0]["status"] == 413
 
 
 @pytest.mark.anyio
@@ -196,8 +196,7 @@ async def test_healthz() -> None:
     async with app_client() as client:
         response = await client.get("/healthz")
     assert response.json() == {"status": "ok"}
-    app = ImagesApp(Settings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with client_for(ImagesApp(Settings())) as c:
         assert (await c.get("/healthz")).status_code == 404  # only the standalone app has it
 
 
@@ -219,23 +218,23 @@ def _scope(
 
 @pytest.mark.anyio
 async def test_client_that_disconnects_while_sending_its_body_is_dropped_quietly() -> None:
-    app = ImagesApp(Settings(local_latency=0))
-    messages: Iterator[Message] = iter(
-        [
-            {"type": "http.request", "body": b'{"prompt": ', "more_body": True},
-            {"type": "http.disconnect"},
-        ]
-    )
-    sent: list[Message] = []
+    async with ImagesApp(Settings(local_latency=0)) as app:
+        messages: Iterator[Message] = iter(
+            [
+                {"type": "http.request", "body": b'{"prompt": ', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+        sent: list[Message] = []
 
-    async def receive() -> Message:
-        return next(messages)
+        async def receive() -> Message:
+            return next(messages)
 
-    async def send(message: Message) -> None:
-        sent.append(message)
+        async def send(message: Message) -> None:
+            sent.append(message)
 
-    await app(_scope(), receive, send)
-    assert sent == []
+        await app(_scope(), receive, send)
+        assert sent == []
 
 
 class _SlowProvider:
@@ -263,26 +262,26 @@ class _SlowProvider:
 @pytest.mark.anyio
 async def test_disconnect_while_generating_cancels_the_upstream_call() -> None:
     provider = _SlowProvider()
-    app = ImagesApp(Settings(), providers={"local": provider})
-    body = json.dumps({"model": "local/sketch", "prompt": "x"}).encode()
-    sent: list[Message] = []
-    first = True
+    async with ImagesApp(Settings(), providers={"local": provider}) as app:
+        body = json.dumps({"model": "local/sketch", "prompt": "x"}).encode()
+        sent: list[Message] = []
+        first = True
 
-    async def receive() -> Message:
-        nonlocal first
-        if first:
-            first = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        await provider.started.wait()
-        return {"type": "http.disconnect"}
+        async def receive() -> Message:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": body, "more_body": False}
+            await provider.started.wait()
+            return {"type": "http.disconnect"}
 
-    async def send(message: Message) -> None:
-        sent.append(message)
+        async def send(message: Message) -> None:
+            sent.append(message)
 
-    with anyio.fail_after(5):
-        await app(_scope(), receive, send)
-    assert provider.cancelled
-    assert sent == []
+        with anyio.fail_after(5):
+            await app(_scope(), receive, send)
+        assert provider.cancelled
+        assert sent == []
 
 
 class _BrokenProvider(_SlowProvider):
@@ -294,8 +293,7 @@ class _BrokenProvider(_SlowProvider):
 
 @pytest.mark.anyio
 async def test_unexpected_failure_is_a_500_envelope_without_internals() -> None:
-    app = ImagesApp(Settings(), providers={"local": _BrokenProvider()})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with client_for(ImagesApp(Settings(), providers={"local": _BrokenProvider()})) as c:
         response = await c.post(GEN, json={"model": "local/sketch", "prompt": "x"})
     error = assert_envelope(response, 500, "internal_error")
     assert "secret" not in response.text
@@ -305,8 +303,9 @@ async def test_unexpected_failure_is_a_500_envelope_without_internals() -> None:
 
 @pytest.mark.anyio
 async def test_upstream_deadline_is_504() -> None:
-    app = ImagesApp(Settings(upstream_timeout=0.05), providers={"local": _SlowProvider()})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with client_for(
+        ImagesApp(Settings(upstream_timeout=0.05), providers={"local": _SlowProvider()})
+    ) as c:
         response = await c.post(GEN, json={"model": "local/sketch", "prompt": "x"})
     error = assert_envelope(response, 504, "gateway_timeout")
     assert error["provider_code"] == "provider_timeout"

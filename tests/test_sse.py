@@ -1,15 +1,21 @@
 """The stream writer, driven through raw ASGI with fake ``receive``/``send``: timing, ordering,
-the final frame after cancellation, send timeouts and disconnects."""
+the final frame after cancellation, send timeouts and disconnects.
+
+Every test runs on fake loop time (``looptime``): sleeps, timers and timeouts advance a clock of
+the event loop's own instead of the wall clock, so the times asserted here are exact and the
+tests do not depend on how busy the machine is.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import looptime
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
@@ -26,6 +32,19 @@ from mesh_images_asgi.providers.local import LocalProvider
 from mesh_images_asgi.sse import DONE, PING
 
 GEN = "/v1/images/generations"
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@pytest.fixture(autouse=True)
+async def fake_loop_time() -> AsyncIterator[None]:
+    """Run the test on the event loop's fake clock."""
+    loop = asyncio.get_running_loop()
+    looptime.patch_event_loop(loop, _enabled=False)  # type: ignore[arg-type]
+    with looptime.enabled(strict=True):
+        yield
 
 
 class ScriptedProvider:
@@ -51,7 +70,7 @@ class ScriptedProvider:
                     await on_partial(PartialImage(b64_json="cGFydGlhbA==", index=index))
             await anyio.sleep(self.latency)
         except anyio.get_cancelled_exc_class():
-            self.cancelled_at = time.monotonic()
+            self.cancelled_at = now()
             raise
         if self.error is not None:
             raise self.error
@@ -86,7 +105,7 @@ class Run:
         self.body = json.dumps({"model": "local/sketch", "prompt": "x", "stream": True, **body})
         self.sent: list[tuple[float, Message]] = []
         self.disconnect = anyio.Event()
-        self.started = time.monotonic()
+        self.started = 0.0
         self.send_hook: Callable[[Message], Awaitable[None]] | None = None
 
     async def receive(self) -> Message:
@@ -99,10 +118,14 @@ class Run:
     async def send(self, message: Message) -> None:
         if self.send_hook is not None:
             await self.send_hook(message)
-        self.sent.append((time.monotonic() - self.started, message))
+        self.sent.append((now() - self.started, message))
 
     async def __call__(self) -> None:
-        await self.app(_scope(), self.receive, self.send)
+        self.started = now()
+        try:
+            await self.app(_scope(), self.receive, self.send)
+        finally:
+            await self.app.aclose()
 
     @property
     def frames(self) -> list[bytes]:
@@ -130,9 +153,9 @@ async def test_headers_processing_pings_final_done_in_order() -> None:
     assert (first["status"], first["data"], first["object"]) == ("processing", [], "image.chunk")
     assert first["model"] == "local/sketch"
     assert first["id"].startswith("img-")
-    assert run.sent[1][0] < 0.05  # the processing chunk goes out at once
+    assert run.sent[1][0] == 0  # the processing chunk goes out at once
     assert set(frames[1:-2]) == {PING}
-    assert 4 <= len(frames[1:-2]) <= 6
+    assert len(frames[1:-2]) == 5  # at 0.1, 0.2, 0.3, 0.4 and 0.5 s of the 0.55 s
     final = json.loads(frames[-2][6:])
     assert final["status"] == "completed"
     assert final["id"] == first["id"]
@@ -154,10 +177,11 @@ async def test_pings_are_timed_from_the_last_write() -> None:
     ]
     assert kinds[:4] == ["processing", "partial", "partial", "partial"]
     assert kinds[-2:] == ["completed", "done"]
-    assert 1 <= kinds.count("ping") <= 3  # only in the 0.25 s after the last partial
+    assert kinds.count("ping") == 2  # only in the 0.25 s after the last partial (at 0.21 s)
     times = [t for t, m in run.sent if m.get("body") == PING]
+    assert times == pytest.approx([0.31, 0.41])  # 0.1 s after the last write, then every 0.1 s
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(0.08 <= gap <= 0.2 for gap in gaps)
+    assert gaps == pytest.approx([0.1])
 
 
 @pytest.mark.anyio
@@ -194,7 +218,7 @@ async def test_disconnect_cancels_the_upstream_within_100ms_and_writes_nothing_m
         group.start_soon(run)
         await anyio.sleep(0.25)
         sent_before = len(run.sent)
-        disconnected_at = time.monotonic()
+        disconnected_at = now()
         run.disconnect.set()
     assert provider.cancelled_at is not None
     assert provider.cancelled_at - disconnected_at < 0.1
@@ -232,11 +256,12 @@ async def test_stalled_reader_ends_the_request_by_send_timeout() -> None:
             await stall.wait()  # the client stopped reading: this write never completes
 
     run.send_hook = stalling_send
-    started = time.monotonic()
     with anyio.fail_after(5):
         await run()
-    assert time.monotonic() - started < 2.0
+    # The first ping is due at 0.1 s and its write may take 0.2 s: the request ends then.
+    assert now() - run.started == pytest.approx(0.3)
     assert provider.cancelled_at is not None
+    assert provider.cancelled_at - run.started == pytest.approx(0.3)
 
 
 @pytest.mark.anyio
@@ -263,8 +288,6 @@ async def test_local_provider_partials_end_to_end() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("ending", ["completed", "disconnect", "server_cancel"])
 async def test_no_task_outlives_the_stream(ending: str) -> None:
-    import asyncio
-
     before = asyncio.all_tasks()
     provider = ScriptedProvider(latency=0.2 if ending == "completed" else 30)
     run = Run(provider, {})

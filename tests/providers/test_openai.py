@@ -22,7 +22,6 @@ from mesh_images_asgi.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from mesh_images_asgi.providers.registry import build_providers
 from mesh_images_asgi.providers.base import (
     GeneratedImage,
     GenerationJob,
@@ -30,6 +29,7 @@ from mesh_images_asgi.providers.base import (
     ProviderResult,
 )
 from mesh_images_asgi.providers.openai import OpenAIProvider
+from mesh_images_asgi.providers.registry import build_providers
 from mesh_images_asgi.schemas import parse_request
 from mesh_images_asgi.service import ImageService
 
