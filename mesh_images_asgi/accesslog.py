@@ -11,6 +11,9 @@ fields are on the record as ``record.mesh_images`` for structured handlers. The 
 only when the logger is enabled for INFO (silence it with
 ``logging.getLogger("mesh_images_asgi.access").setLevel(logging.WARNING)``).
 
+Warnings that concern operators (a deprecated model in use, once per model) are WARNING lines on
+the same logger: ``{"ts", "level": "warning", "event": "model_deprecated", "model", ...}``.
+
 Never image data, never a key (``key`` is the gateway key's label), never the prompt unless the
 operator opted in (``MESH_IMAGES_LOG_PROMPTS``: its first 1,000 characters, redacted). A child
 logger's records do not pass the ``mesh_images_asgi`` logger's filters, so this logger carries
@@ -30,7 +33,7 @@ from .redact import install_log_redaction, redact
 if TYPE_CHECKING:
     from .outcome import Outcome
 
-__all__ = ["LOGGER_NAME", "PROMPT_CHARS", "enabled", "fields", "install", "write"]
+__all__ = ["LOGGER_NAME", "PROMPT_CHARS", "enabled", "fields", "install", "warn", "write"]
 
 LOGGER_NAME = "mesh_images_asgi.access"
 PROMPT_CHARS = 1000
@@ -102,3 +105,10 @@ def write(outcome: Outcome, total: float) -> None:
     """Log the request's line (call only when ``enabled()``)."""
     line = fields(outcome, total)
     logger.info(orjson.dumps(line).decode(), extra={"mesh_images": line})
+
+
+def warn(event: str, **details: Any) -> None:
+    """A WARNING line beside the request lines: ``{"ts", "level": "warning", "event", ...}``."""
+    line: dict[str, Any] = {"ts": _timestamp(time.time()), "level": "warning", "event": event}
+    line.update(details)
+    logger.warning(orjson.dumps(line).decode(), extra={"mesh_images": line})

@@ -27,6 +27,7 @@ from .cost import cost_headers
 from .disconnect import call_until_disconnect
 from .errors import GatewayError, MethodNotAllowed, NotFound, ProviderNotAvailable
 from .inflight import InFlight
+from .lifecycle import deprecation_headers
 from .metrics import Metrics
 from .observer import Observer
 from .openapi import OPENAPI_PATH, openapi_bytes
@@ -330,6 +331,7 @@ class ImagesApp:
         plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
         outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
+        send = _with_headers(send, deprecation_headers(plan.job.entry))
         if request.stream:
             await stream_generation(service, plan, receive, send, request_id, self.settings)
             return
@@ -346,11 +348,13 @@ class ImagesApp:
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         key = self._keys.authenticate(scope)
-        page = self.service.models_page()
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        retired = query.get("include_retired", ["false"])[-1].lower() in {"true", "1"}
+        page = self.service.models_page(include_retired=retired)
         if key is not None:  # a key sees the models it may use
             current_outcome().key = key.label
             page = {**page, "data": [m for m in page["data"] if key.allows(m["id"], m["aliases"])]}
-        wanted = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("type")
+        wanted = query.get("type")
         if wanted and "image" not in wanted:
             page = {**page, "data": []}
         current_outcome().bytes = await _send_json(send, 200, page, request_id)

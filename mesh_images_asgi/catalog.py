@@ -9,14 +9,22 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import date
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ModelNotFound
 
-__all__ = ["Catalog", "FreeSize", "ModelEntry", "load_catalog"]
+__all__ = ["Catalog", "FreeSize", "ModelEntry", "PriceTable", "Status", "load_catalog"]
+
+Status = Literal["active", "preview", "deprecated", "retired"]
+"""A model's lifecycle: ``deprecated`` has a shutdown date and still runs; ``retired`` is off."""
+
+_Price = Annotated[float, Field(ge=0)]
+PriceTable = Mapping[str, Mapping[str, _Price]]
+"""USD per image by quality, then by size (``{"high": {"1024x1024": 0.133}}``)."""
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:@-]*$")
 _WXH = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
@@ -83,7 +91,15 @@ class ModelEntry(BaseModel):
     b64_json_only: bool = False
     """Answer ``b64_json`` whatever ``response_format`` says (Vertex AI, as Mesh does)."""
     max_prompt_chars: int | None = Field(default=None, ge=1)
-    price_per_image: float | None = Field(default=None, ge=0)
+    status: Status = "active"
+    shutdown_date: date | None = None
+    """When its provider shuts (or shut) it down; set for ``deprecated`` and ``retired``."""
+    replacement: str | None = None
+    """The catalog model (id or alias) that takes over from it."""
+    source: str = ""
+    """Where the id, lifecycle and prices come from (a page, an SDK file), for maintainers."""
+    price_per_image: _Price | PriceTable | None = None
+    """USD per image: one number, or a table by quality then size (see ``image_price``)."""
     price_per_1m_input_tokens: float | None = Field(default=None, ge=0)
     """USD per million input tokens, for upstreams that report them (``usage.prompt_tokens``)."""
     price_per_1m_output_tokens: float | None = Field(default=None, ge=0)
@@ -104,6 +120,35 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"size {size!r} of {self.id!r} is not 'auto' or WxH")
         return self
 
+    def image_price(self, quality: str | None, size: str | None) -> float | None:
+        """USD for one image of ``quality`` and ``size`` (None: not priced for them)."""
+        prices = self.price_per_image
+        if prices is None or isinstance(prices, int | float):
+            return prices
+        by_size = prices.get(quality or "auto")
+        return None if by_size is None or size is None else by_size.get(size)
+
+    def lifecycle(self) -> dict[str, Any]:
+        """The ``lifecycle`` object of ``GET /v1/models``."""
+        return {
+            "status": self.status,
+            "shutdown_date": None if self.shutdown_date is None else self.shutdown_date.isoformat(),
+            "replacement": self.replacement,
+        }
+
+    def size_meanings(self) -> dict[str, tuple[str, str | None]]:
+        """Every ``WxH`` of the aspect-ratio tables -> its aspect ratio and size tier.
+
+        ``aspect_ratios`` renders at ``options.image_size`` (None: the model takes no tier);
+        ``options.image_sizes`` adds a table per further tier (Vertex models, see providers.md).
+        """
+        base = self.options.get("image_size")
+        meanings = {wxh: (ratio, base) for ratio, wxh in self.aspect_ratios.items()}
+        tiers: Mapping[str, Mapping[str, str]] = self.options.get("image_sizes", {})
+        for tier, ratios in tiers.items():
+            meanings.update((wxh, (ratio, tier)) for ratio, wxh in ratios.items())
+        return meanings
+
     def resolve_size(self, size: str | None) -> str | None:
         """The concrete size for a request's ``size`` (``"auto"``/None -> the default)."""
         if size is None or size == "auto":
@@ -111,7 +156,7 @@ class ModelEntry(BaseModel):
         return self.aspect_ratios.get(size, size)
 
     def public(self, created: int) -> dict[str, Any]:
-        """The ``GET /v1/models`` entry."""
+        """The ``GET /v1/models`` entry (the one rendering of a model as JSON)."""
         capabilities: dict[str, Any] = {
             "sizes": list(self.sizes),
             "aspect_ratios": sorted(self.aspect_ratios),
@@ -132,11 +177,17 @@ class ModelEntry(BaseModel):
             "aliases": list(self.aliases),
             "description": self.description,
             "capabilities": capabilities,
+            "lifecycle": self.lifecycle(),
         }
-        if self.price_per_image is not None:
+        if isinstance(self.price_per_image, int | float):
             entry["pricing"] = {
                 "pricing_unit": "per_image",
                 "output_usd_per_unit": self.price_per_image,
+            }
+        elif self.price_per_image is not None:
+            entry["pricing"] = {
+                "pricing_unit": "per_image",
+                "usd_by_quality_and_size": {q: dict(s) for q, s in self.price_per_image.items()},
             }
         return entry
 
@@ -167,6 +218,14 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def find(self, name: str) -> ModelEntry | None:
+        """The entry for an id or alias, or None."""
+        return self._names.get(name)
+
+    def names(self) -> Mapping[str, ModelEntry]:
+        """Every id and alias, with the entry it names."""
+        return self._names
 
     def resolve(self, name: str) -> ModelEntry:
         """The entry for an id or alias; 404 ``model_not_found`` otherwise."""

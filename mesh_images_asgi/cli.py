@@ -1,8 +1,9 @@
-"""``mesh-images``: the command line (``mesh-images serve``, ``mesh-images keys``)."""
+"""``mesh-images``: the command line (``serve``, ``keys``, ``catalog check``)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import ipaddress
 import json
@@ -14,6 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .auth import GatewayKey, hash_key, new_key
+from .catalog import load_catalog
+from .catalog_check import check_catalog
 from .config import ConfigError, Settings
 from .redact import RedactingFilter
 
@@ -51,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--max-n", type=int, help="most images per request")
     create.add_argument("--json", action="store_true", help="print one JSON object instead")
     keys.add_parser("hash", help="print the config hash of a key read from standard input")
+    catalog = commands.add_parser("catalog", help="the model catalog").add_subparsers(
+        dest="catalog_command", required=True
+    )
+    check = catalog.add_parser(
+        "check", help="list models whose lifecycle needs attention; exit 1 on an error"
+    )
+    check.add_argument("--config", help="TOML config file (default: $MESH_IMAGES_CONFIG)")
+    check.add_argument(
+        "--today", type=datetime.date.fromisoformat, help="the date to check as of (YYYY-MM-DD)"
+    )
     return parser
 
 
@@ -93,6 +106,24 @@ def _keys(args: argparse.Namespace) -> int:
     print(f"Config file entry:\n\n{_toml_entry(entry)}\n")
     print(f"Or as an item of MESH_IMAGES_API_KEYS (a JSON list):\n\n{json.dumps(entry)}")
     return 0
+
+
+def _catalog_check(args: argparse.Namespace) -> int:
+    try:
+        catalog = load_catalog(Settings.load(args.config).models)
+    except (ConfigError, ValueError) as exc:
+        print(f"mesh-images: {exc}", file=sys.stderr)
+        return 2
+    today = args.today or datetime.datetime.now(datetime.UTC).date()
+    findings = check_catalog(catalog, today)
+    for finding in findings:
+        print(finding)
+    errors = sum(finding.level == "error" for finding in findings)
+    print(
+        f"catalog check ({today}): {len(catalog)} models, {errors} error(s), "
+        f"{len(findings) - errors} warning(s)"
+    )
+    return 1 if errors else 0
 
 
 def _tune_gc() -> None:
@@ -160,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "catalog":
+        return _catalog_check(args)
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     """Largest request body accepted (413 past it)."""
     local_latency: float = Field(default=2.0, ge=0)
     """Simulated latency of the embedded ``local`` provider, in seconds."""
+    retired_models: Literal["refuse", "replace", "serve"] = "refuse"
+    """A request for a retired model: 410 ``model_retired`` (refuse), served by its replacement
+    (replace), or sent to the retired upstream id anyway (serve); see ``lifecycle.py``."""
 
     # Resilience (docs/resilience.md): retries, fallbacks, breaker, bulkhead, BYOK, drain.
     max_attempts: int = Field(default=4, ge=1)

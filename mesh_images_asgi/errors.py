@@ -16,6 +16,7 @@ the stable ``error.code``::
      ├── NotFound                    404 not_found
      ├── MethodNotAllowed            405 method_not_allowed   (Allow header)
      ├── RequestTimeout              408 request_timeout      (the body did not arrive in time)
+     ├── ModelRetired                410 model_retired        (its provider shut it down)
      ├── RequestTooLarge             413 request_too_large
      ├── UnsupportedMediaType        415 unsupported_media_type
      ├── ValidationFailed            422 validation_error     (details)
@@ -53,6 +54,7 @@ __all__ = [
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
+    "ModelRetired",
     "NotFound",
     "NotImplementedByGateway",
     "ProviderNotAvailable",
@@ -192,6 +194,13 @@ class MethodNotAllowed(GatewayError):
 class RequestTimeout(GatewayError):
     status = 408
     code = "request_timeout"
+
+
+class ModelRetired(GatewayError):
+    """The model was shut down by its provider and the gateway refuses it (``lifecycle.py``)."""
+
+    status = 410
+    code = "model_retired"
 
 
 class RequestTooLarge(GatewayError):

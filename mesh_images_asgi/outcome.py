@@ -29,7 +29,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .cost import estimate
+from .cost import cost_of
 from .errors import GatewayError
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class Attempt:
         self._result = result
         o.images = len(result.images)
         o.usage = result.usage
-        o.cost = estimate(job.entry, o.images, result.usage)
+        o.cost = cost_of(job, result)
         o.billing = "gateway" if job.credentials is None else "client"
         return result
 

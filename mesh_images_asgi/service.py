@@ -20,6 +20,7 @@ from .capabilities import check_request
 from .catalog import Catalog, ModelEntry
 from .config import Settings
 from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, ValidationFailed
+from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
 from .routing import Plan, RetryPolicy, Routed, Router
 from .schemas import ImageRequest
@@ -42,6 +43,7 @@ class ImageService:
         self.catalog = catalog
         self.providers = dict(providers)
         self._created = int(time.time())
+        self._warnings = Warnings()
         self.router = Router(
             self.providers,
             RetryPolicy.from_settings(settings),
@@ -56,11 +58,16 @@ class ImageService:
     def enabled_models(self) -> list[ModelEntry]:
         return [entry for entry in self.catalog if entry.provider in self.providers]
 
-    def models_page(self) -> dict[str, Any]:
-        """The ``GET /v1/models`` body: the models of enabled providers."""
+    def models_page(self, *, include_retired: bool = False) -> dict[str, Any]:
+        """The ``GET /v1/models`` body: the models of enabled providers (retired ones only when
+        asked for)."""
         return {
             "object": "list",
-            "data": [entry.public(self._created) for entry in self.enabled_models()],
+            "data": [
+                entry.public(self._created)
+                for entry in self.enabled_models()
+                if include_retired or entry.status != "retired"
+            ],
         }
 
     def prepare(self, request: ImageRequest) -> GenerationJob:
@@ -80,6 +87,8 @@ class ImageService:
                 ],
             )
         entry = self.catalog.resolve(name)
+        entry, request = current_model(self.catalog, entry, request, self.settings.retired_models)
+        self._warnings.requested(entry)
         check_request(entry, request)
         if entry.provider not in self.providers:
             raise NotImplementedByGateway(
@@ -180,6 +189,8 @@ class ImageService:
     ) -> str | None:
         if allow is not None and not allow(entry):
             return "this API key may not use it"
+        if entry.status == "retired" and self.settings.retired_models != "serve":
+            return "retired by its provider"
         if entry.provider not in self.providers:
             return f"provider {entry.provider!r} is not configured"
         try:

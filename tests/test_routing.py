@@ -233,11 +233,11 @@ async def test_fallbacks_that_cannot_serve_the_request_are_skipped_and_named() -
     openai = Fake("openai", overloaded(), overloaded(), overloaded())
     vertex = Fake("vertex")
     harness = Harness(openai, vertex)
-    # imagen-3 has no 1536x1024; gemini is fine but not configured... in this harness it is.
-    error = await harness.fail({"size": "1536x1024", "models": ["vertex/imagen-3"]})
+    # gemini-3.1-flash-image has no 1536x1024 (its 3:2 is 1264x848).
+    error = await harness.fail({"size": "1536x1024", "models": ["vertex/gemini-3.1-flash-image"]})
     assert vertex.calls == []
     assert error.code == "upstream_error"
-    assert "vertex/imagen-3.0-generate-002 skipped: size '1536x1024'" in error.message
+    assert "vertex/gemini-3.1-flash-image skipped: size '1536x1024'" in error.message
     assert error.routing == {
         "model": PRIMARY,
         "attempts": 3,
@@ -386,7 +386,7 @@ async def test_with_byok_fallback_off_the_providers_refusal_is_returned() -> Non
 async def test_byok_credentials_follow_their_provider_only() -> None:
     openai, vertex = Fake("openai", overloaded(), overloaded(), overloaded()), Fake("vertex")
     keys = ClientKeys(any_provider="sk-client")
-    await Harness(openai, vertex).run({"models": ["vertex/gemini-2.5-flash-image"]}, keys=keys)
+    await Harness(openai, vertex).run({"models": ["vertex/gemini-3.1-flash-image"]}, keys=keys)
     assert {job.credentials for job in openai.calls} == {"sk-client"}
     assert vertex.calls[0].credentials is None  # X-Provider-Key is the primary's provider's
     assert "sk-client" not in repr(openai.calls[0])
@@ -434,7 +434,7 @@ async def test_a_full_bulkhead_sends_the_request_elsewhere_or_answers_503() -> N
     async with anyio.create_task_group() as group:
         group.start_soon(one, {})
         await anyio.sleep(0.01)
-        await one({"models": ["vertex/gemini-2.5-flash-image"]})
+        await one({"models": ["vertex/gemini-3.1-flash-image"]})
         await one({})
         release.set()
     served, rerouted, refused = results[2], results[0], results[1]

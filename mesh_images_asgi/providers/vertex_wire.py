@@ -100,12 +100,7 @@ class VertexImages:
 
 def size_table(entry: ModelEntry) -> dict[str, SizeParams]:
     """Every ``WxH`` the model renders, with its aspect ratio and size tier."""
-    tier = entry.options.get("image_size")
-    table = {wxh: SizeParams(ratio, tier) for ratio, wxh in entry.aspect_ratios.items()}
-    tiers: Mapping[str, Mapping[str, str]] = entry.options.get("image_sizes", {})
-    for name, ratios in tiers.items():
-        table.update((wxh, SizeParams(ratio, name)) for ratio, wxh in ratios.items())
-    return table
+    return {wxh: SizeParams(*meaning) for wxh, meaning in entry.size_meanings().items()}
 
 
 def size_params(entry: ModelEntry, size: str | None) -> SizeParams | None:

@@ -16,6 +16,9 @@ Every request is recorded (``requests``). Tests script what comes next:
     emulator.drop_connection()                    # headers, part of the body, then a reset
     emulator.malformed_answer()                   # 200 with a truncated JSON body
     emulator.latency = 0.5                        # seconds before every answer
+    emulator.still_serving("imagen-3.0-generate-002")  # a model Google shut down still answers
+
+Models Google shut down (``SHUT_DOWN``) answer 404 NOT_FOUND, as Vertex does.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from starlette.types import Receive, Scope, Send
 
 from tests.emulators.oauth import OAuthEmulator
 
-__all__ = ["DOCUMENTED_ERRORS", "PROJECT", "Call", "Recorded", "VertexEmulator"]
+__all__ = ["DOCUMENTED_ERRORS", "PROJECT", "SHUT_DOWN", "Call", "Recorded", "VertexEmulator"]
 
 PROJECT = "emu-project"
 _MODEL_PATH = "/v1/projects/{project}/locations/{location}/publishers/google/models/{target}"
@@ -56,7 +59,23 @@ MODELS: dict[str, tuple[str, frozenset[str] | None]] = {
     "gemini-2.5-flash-image": ("generateContent", None),
     "gemini-3-pro-image-preview": ("generateContent", frozenset({"1K", "2K", "4K"})),
     "gemini-3.1-flash-image-preview": ("generateContent", frozenset({"1K", "2K", "4K"})),
+    "gemini-3-pro-image": ("generateContent", frozenset({"1K", "2K", "4K"})),
+    "gemini-3.1-flash-image": ("generateContent", frozenset({"1K", "2K", "4K"})),
+    "gemini-3.1-flash-lite-image": ("generateContent", frozenset({"1K"})),
 }
+# Ids Google has shut down (2026-12): Vertex answers them 404 NOT_FOUND, as for an unknown model,
+# unless a test says this emulated project still has one (``still_serving``).
+SHUT_DOWN = frozenset(
+    {
+        "imagen-3.0-generate-002",
+        "imagen-4.0-generate-001",
+        "imagen-4.0-fast-generate-001",
+        "imagen-4.0-ultra-generate-001",
+        "gemini-2.5-flash-image",
+        "gemini-3-pro-image-preview",
+        "gemini-3.1-flash-image-preview",
+    }
+)
 _PREDICT_PARAMETERS = frozenset(
     {
         "sampleCount",
@@ -204,6 +223,7 @@ class VertexEmulator:
         self.api_key = api_key
         self.latency = 0.0
         self.requests: list[Recorded] = []
+        self.shut_down = set(SHUT_DOWN)
         self._script: deque[Script] = deque()
         self.app = Starlette(
             routes=[
@@ -217,6 +237,11 @@ class VertexEmulator:
         self.requests.clear()
         self._script.clear()
         self.latency = 0.0
+        self.shut_down = set(SHUT_DOWN)
+
+    def still_serving(self, model: str) -> None:
+        """This project still has ``model`` although Google shut it down (until ``reset``)."""
+        self.shut_down.discard(model)
 
     def inject_error(self, name: str, *, times: int = 1) -> None:
         """Answer the next ``times`` requests with one of ``DOCUMENTED_ERRORS``."""
@@ -266,7 +291,7 @@ class VertexEmulator:
         if project != PROJECT:
             return google_error(403, "PERMISSION_DENIED", f"Project {project!r} is not ours.")
         model, _, method = request.path_params["target"].partition(":")
-        if model not in MODELS:
+        if model not in MODELS or model in self.shut_down:
             return google_error(404, "NOT_FOUND", f"Publisher Model {model!r} was not found.")
         if MODELS[model][0] != method:
             return _invalid(f"Model {model} does not support method {method!r}.")

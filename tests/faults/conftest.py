@@ -183,7 +183,7 @@ def _settled(measure: Callable[[], Any], ok: Callable[[Any], bool], within: floa
 @pytest.fixture(scope="package", autouse=True)
 def leak_check(shared: Gateway, upstreams: Upstreams) -> Iterator[None]:
     """Warm the shared gateway up, measure it idle; after the suite, measure it again."""
-    for body in ({}, {"stream": True}, {"model": "vertex/imagen-3"}):
+    for body in ({}, {"stream": True}, {"model": "vertex/gemini-3.1-flash-image"}):
         assert shared.post(body).status_code == 200
     idle_tasks = _settled(shared.tasks, lambda n: False, within=0.3)
     gc.collect()

@@ -73,11 +73,13 @@ def test_with_fallback_disabled_the_refusal_is_the_answer(
 def test_a_clients_service_account_mints_its_own_token_at_the_gateways_token_uri(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
-    gateway.post({"model": "vertex/imagen-3"})  # the gateway's own token, for comparison
+    gateway.post(
+        {"model": "vertex/gemini-3.1-flash-image"}
+    )  # the gateway's own token, for comparison
     calls = upstreams.oauth.calls
     credentials = WATCH.secret(upstreams.client_service_account())
     response = gateway.post(
-        {"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": credentials}
+        {"model": "vertex/gemini-3.1-flash-image"}, headers={"X-Vertex-Credentials": credentials}
     )
     assert response.status_code == 200, response.text
     assert "x-byok-fallback-triggered" not in response.headers
@@ -93,7 +95,9 @@ def test_a_refused_vertex_api_key_falls_back_to_the_gateways_credentials(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
     key = WATCH.secret("AQ.client-express-key-0123")
-    response = gateway.post({"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": key})
+    response = gateway.post(
+        {"model": "vertex/gemini-3.1-flash-image"}, headers={"X-Vertex-Credentials": key}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-byok-fallback-triggered"] == "true"
     first, second = upstreams.vertex.requests
@@ -106,7 +110,8 @@ def test_a_malformed_service_account_is_400_before_any_upstream_call(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
     response = gateway.post(
-        {"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": '{"type": "user"}'}
+        {"model": "vertex/gemini-3.1-flash-image"},
+        headers={"X-Vertex-Credentials": '{"type": "user"}'},
     )
     assert response.status_code == 400
     assert error_of(response)["param"] == "X-Vertex-Credentials"

@@ -11,9 +11,11 @@ def test_a_failing_openai_model_falls_back_to_vertex(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
     upstreams.openai.fault = overloaded()
-    response = gateway.post({"models": ["vertex/imagen-3"], "response_format": "b64_json"})
+    response = gateway.post(
+        {"models": ["vertex/gemini-3.1-flash-image"], "response_format": "b64_json"}
+    )
     assert response.status_code == 200, response.text
-    assert response.headers["x-mesh-routing-model"] == "vertex/imagen-3.0-generate-002"
+    assert response.headers["x-mesh-routing-model"] == "vertex/gemini-3.1-flash-image"
     assert response.headers["x-mesh-routing-attempts"] == "4"
     assert response.headers["x-mesh-routing-fallback"] == "true"
     assert len(upstreams.openai.requests) == 3
@@ -28,22 +30,22 @@ def test_a_fallback_that_cannot_serve_the_request_is_skipped(
         overloaded() if body["model"] == "gpt-image-2" else None
     )
     response = gateway.post(
-        {"size": "1536x1024", "models": ["vertex/imagen-3", "openai/gpt-image-1.5"]}
+        {"size": "1536x1024", "models": ["vertex/gemini-3.1-flash-image", "openai/gpt-image-1.5"]}
     )
     assert response.status_code == 200, response.text
     assert response.headers["x-mesh-routing-model"] == "openai/gpt-image-1.5"
-    assert upstreams.vertex.requests == []  # Imagen has no 1536x1024: never asked
+    assert upstreams.vertex.requests == []  # Gemini has no 1536x1024: never asked
 
 
 def test_when_everything_fails_the_client_is_told_why_each_fallback_was_not_used(
     gateway: Gateway, upstreams: Upstreams
 ) -> None:
     upstreams.openai.fault = overloaded()
-    response = gateway.post({"size": "1536x1024", "models": ["vertex/imagen-3"]})
+    response = gateway.post({"size": "1536x1024", "models": ["vertex/gemini-3.1-flash-image"]})
     assert response.status_code == 502
     error = error_of(response)
     assert error["provider_code"] == "provider_overloaded"
-    assert "vertex/imagen-3.0-generate-002 skipped: size '1536x1024'" in error["message"]
+    assert "vertex/gemini-3.1-flash-image skipped: size '1536x1024'" in error["message"]
     assert response.headers["x-mesh-routing-attempts"] == "3"
     assert upstreams.vertex.requests == []
 

@@ -77,8 +77,10 @@ def provider(
 
 
 def job(model: str = "vertex/imagen-3", catalog: Catalog = CATALOG, **fields: Any) -> GenerationJob:
-    """A request checked and resolved exactly as the service does it."""
-    service = ImageService(Settings(), catalog, {"vertex": provider(Upstream())})
+    """A request checked and resolved exactly as the service does it (retired models served, as
+    for a project that still has them: Imagen's wire format is tested here)."""
+    settings = Settings(retired_models="serve")
+    service = ImageService(settings, catalog, {"vertex": provider(Upstream())})
     return service.prepare(
         ImageRequest.model_validate({"prompt": "a fox", "model": model, **fields})
     )
@@ -133,7 +135,7 @@ MODEL_PATH = "publishers/google/models/imagen-3.0-generate-002:predict"
             {"location": "europe-west4"},  # the entry pins its own location
             "vertex/gemini-3-pro-image",
             "https://aiplatform.googleapis.com/v1/projects/p1/locations/global/"
-            "publishers/google/models/gemini-3-pro-image-preview:generateContent",
+            "publishers/google/models/gemini-3-pro-image:generateContent",
         ),
     ],
 )
