@@ -233,14 +233,14 @@ class VertexEmulator:
         )
 
     def reset(self) -> None:
-        """Forget recorded requests, scripted answers and latency."""
+        """Forget recorded requests, scripted answers and latency (``shut_down`` is a setting,
+        like ``api_key``: it stays)."""
         self.requests.clear()
         self._script.clear()
         self.latency = 0.0
-        self.shut_down = set(SHUT_DOWN)
 
     def still_serving(self, model: str) -> None:
-        """This project still has ``model`` although Google shut it down (until ``reset``)."""
+        """This project still has ``model`` although Google shut it down."""
         self.shut_down.discard(model)
 
     def inject_error(self, name: str, *, times: int = 1) -> None:

@@ -25,7 +25,7 @@ import pytest
 from mesh_images_asgi import ImagesApp, Settings
 from tests.emulators.oauth import OAuthEmulator
 from tests.emulators.openai import ErrorReply, Fault, OpenAIEmulator, StreamError
-from tests.emulators.vertex import PROJECT, VertexEmulator
+from tests.emulators.vertex import PROJECT, SHUT_DOWN, VertexEmulator
 from tests.support.live import serve
 from tests.support.procfs import LoopProbe, connections_to, rss_bytes, task_count
 
@@ -150,6 +150,7 @@ def _reset(upstreams: Upstreams) -> None:
     upstreams.openai.reset()
     upstreams.openai.api_key = KEY
     upstreams.vertex.reset()
+    upstreams.vertex.shut_down = set(SHUT_DOWN)  # as Google left it (a test may revive one)
 
 
 @pytest.fixture(scope="package")

@@ -2,7 +2,9 @@
 with the ``meshapi`` and ``openai`` SDKs and plain HTTP.
 
 The gateway authenticates with a real service-account key file whose ``token_uri`` is the OAuth
-emulator, so google-auth's own JWT-bearer refresh runs; a second gateway uses an API key.
+emulator, so google-auth's own JWT-bearer refresh runs; a second gateway uses an API key. The
+emulated project still serves the models Google shut down, and the gateways serve them
+(``retired_models="serve"``): Imagen's ``:predict`` wire format is tested here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from openai import OpenAI
 
 from mesh_images_asgi import ImagesApp, Settings
 from tests.emulators.oauth import OAuthEmulator
-from tests.emulators.vertex import PROJECT, VertexEmulator
+from tests.emulators.vertex import PROJECT, SHUT_DOWN, VertexEmulator
 from tests.helpers import decode_image
 from tests.support.live import serve
 
@@ -45,6 +47,7 @@ class Upstreams:
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
     oauth = OAuthEmulator()
     vertex = VertexEmulator(oauth=oauth, api_key=API_KEY)
+    _still_serving_everything(vertex)
     up = Upstreams(oauth, vertex)
     with serve(oauth.app) as oauth_url, serve(vertex.app) as vertex_url:
         key_file = oauth.service_account_file(
@@ -57,16 +60,23 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
             models=fast_deadline,
             max_attempts=1,  # error mapping here; retries and circuits: tests/faults
             breaker_threshold=1000,
+            retired_models="serve",
         )
         key_mode = Settings(
             vertex_api_key=API_KEY,
             vertex_base_url=vertex_url,
             max_attempts=1,
             breaker_threshold=1000,
+            retired_models="serve",
         )
         with serve(ImagesApp(token_mode)) as gateway, serve(ImagesApp(key_mode)) as key_gateway:
             up.vertex_url, up.gateway, up.key_gateway = vertex_url, gateway, key_gateway
             yield up
+
+
+def _still_serving_everything(vertex: VertexEmulator) -> None:
+    for model in SHUT_DOWN:
+        vertex.still_serving(model)
 
 
 @pytest.fixture
@@ -138,7 +148,7 @@ def test_gemini_image_model_with_the_meshapi_sdk(up: Upstreams) -> None:
     (request,) = up.vertex.requests
     assert request.path == (
         f"/v1/projects/{PROJECT}/locations/global/publishers/google/models/"
-        "gemini-3-pro-image-preview:generateContent"
+        "gemini-3-pro-image:generateContent"
     )
     assert request.body["generationConfig"] == {
         "responseModalities": ["IMAGE"],
@@ -186,7 +196,10 @@ def test_some_images_filtered_leave_fewer_images(up: Upstreams) -> None:
 
 def test_the_models_page_lists_the_vertex_models(up: Upstreams) -> None:
     ids = {model["id"] for model in httpx.get(f"{up.gateway}/v1/models").json()["data"]}
-    assert {"vertex/imagen-3.0-generate-002", "vertex/gemini-2.5-flash-image"} <= ids
+    assert {"vertex/gemini-3.1-flash-image", "vertex/gemini-3-pro-image"} <= ids
+    assert "vertex/imagen-3.0-generate-002" not in ids  # retired: listed only when asked for
+    url = f"{up.gateway}/v1/models?include_retired=true"
+    assert "vertex/imagen-3.0-generate-002" in {m["id"] for m in httpx.get(url).json()["data"]}
 
 
 # --- errors -----------------------------------------------------------------------------------
