@@ -59,7 +59,8 @@ class ImagesResponse(BaseModel):
 
 
 class ModelList(BaseModel):
-    """``GET /v1/models``: OpenAI's list shape; entries carry ``capabilities`` and ``pricing``."""
+    """``GET /v1/models``: OpenAI's list shape; entries carry ``capabilities``, ``lifecycle`` and
+    ``pricing``."""
 
     object: Literal["list"]
     data: list[dict[str, Any]]
@@ -99,6 +100,7 @@ _ERRORS = {
     "404": "model_not_found or not_found",
     "405": "method_not_allowed",
     "408": "request_timeout: the body did not arrive in time",
+    "410": "model_retired: its provider shut the model down; the message names the replacement",
     "413": "request_too_large",
     "415": "unsupported_media_type",
     "422": "validation_error, with details",
@@ -182,7 +184,7 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
                     "text/event-stream": {"schema": _SSE_EVENT},
                 },
             },
-            **_errors("400", "401", "403", "404", "408", "413", "415", "422", "429"),
+            **_errors("400", "401", "403", "404", "408", "410", "413", "415", "422", "429"),
             **_errors("500", "501", "502", "503", "504"),
         },
     }
@@ -191,7 +193,14 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
         "summary": "The image models this gateway serves",
         **secured,
         "parameters": [
-            {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}}
+            {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}},
+            {
+                "name": "include_retired",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "Also list the models their provider shut down.",
+            },
         ],
         "responses": {
             "200": _json("ModelList", "The models"),
