@@ -223,10 +223,6 @@ class Catalog:
         """The entry for an id or alias, or None."""
         return self._names.get(name)
 
-    def names(self) -> Mapping[str, ModelEntry]:
-        """Every id and alias, with the entry it names."""
-        return self._names
-
     def resolve(self, name: str) -> ModelEntry:
         """The entry for an id or alias; 404 ``model_not_found`` otherwise."""
         entry = self._names.get(name)

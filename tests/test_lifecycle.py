@@ -15,6 +15,7 @@ import pytest
 from mesh_images_asgi.catalog import Catalog, ModelEntry, load_catalog
 from mesh_images_asgi.catalog_check import check_catalog
 from mesh_images_asgi.cli import main
+from mesh_images_asgi.config import Settings
 from mesh_images_asgi.errors import InvalidRequest, ModelRetired
 from mesh_images_asgi.lifecycle import current_model, deprecation_headers, translate_size
 from mesh_images_asgi.schemas import ImageRequest
@@ -242,3 +243,17 @@ async def test_the_model_list_shows_lifecycle_and_hides_retired_models() -> None
     }
     assert [m["id"] for m in everything] == ["local/sketch", "local/old"]
     assert everything[1]["lifecycle"]["status"] == "retired"
+
+
+def test_the_policy_comes_from_the_environment_or_the_toml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().retired_models == "refuse"
+    config = tmp_path / "gateway.toml"
+    config.write_text('retired_models = "replace"\n')
+    assert Settings.load(config).retired_models == "replace"
+    monkeypatch.setenv("MESH_IMAGES_RETIRED_MODELS", "serve")
+    assert Settings.load(config).retired_models == "serve"  # the environment wins
+    monkeypatch.setenv("MESH_IMAGES_RETIRED_MODELS", "ignore")
+    with pytest.raises(ValueError, match="refuse"):
+        Settings()
