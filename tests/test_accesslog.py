@@ -132,7 +132,8 @@ async def test_a_stream_line_counts_pings_and_the_upstream_tokens(
     assert line["input_tokens"] == 7
     assert line["output_tokens"] == 272
     assert line["bytes"] == len(response.content)
-    assert "cost_usd" not in line  # no price for this model in the catalog
+    # gpt-image-2's shipped token prices, $5 and $30 per million: 7 x 5 + 272 x 30 = 8195 / 1e6
+    assert line["cost_usd"] == 0.008195
     assert IMAGE_B64 not in access.records[-1].getMessage()
 
 
