@@ -16,19 +16,30 @@ from urllib.parse import parse_qs
 import httpx
 import orjson
 
-from ._asgi import Message, Receive, Scope, Send, get_header, route_path, send_bytes
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
 from .auth import KeyRing, allowed_models, authorize
 from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog, ModelEntry, load_catalog
 from .config import Settings
+from .cors import with_cors
 from .cost import cost_headers
+from .dialects import model_dialect, stream_dialect
 from .disconnect import call_until_disconnect
-from .errors import GatewayError, MethodNotAllowed, NotFound, ProviderNotAvailable
+from .errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    ProviderNotAvailable,
+    ServiceUnavailable,
+)
 from .inflight import InFlight
 from .lifecycle import deprecation_headers
 from .metrics import Metrics
+from .model_views import model_list, model_object
 from .observer import Observer
 from .openapi import OPENAPI_PATH, openapi_bytes
 from .outcome import CLIENT_CLOSED, current_outcome
@@ -48,22 +59,20 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "ImagesApp"]
+__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 GENERATIONS_PATH = "/v1/images/generations"
 MODELS_PATH = "/v1/models"
+MODEL_PATH = "/v1/models/{model}"
+"""One model; the id may hold ``/`` (``local/sketch``), so everything after the prefix is it."""
 HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
 _JSON = b"application/json"
-
-
-class _InternalError(GatewayError):
-    status = 500
-    code = "internal_error"
 
 
 async def _send_json(
@@ -91,6 +100,17 @@ def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _without_body(send: Send) -> Send:
+    """``send`` for a ``HEAD`` request: the GET answer's status and headers, no body."""
+
+    async def head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head
 
 
 def _register_secrets(settings: Settings) -> None:
@@ -133,11 +153,14 @@ class ImagesApp:
     * **catalog** - replace the model catalog.
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
       an ``http1.py`` connection pool is created and closed with the app (``transport.py``).
-    * **health** - also serve ``GET /healthz`` (the standalone server does).
+    * **health** - also serve ``GET``/``HEAD`` ``/healthz`` (liveness) and ``/readyz``
+      (readiness: 503 while draining; the standalone server does).
     * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
     * **metrics** - the ``Metrics`` to record into (``app.metrics``); by default a new one with its
       own registry. Hosts expose it with ``host.mount("/metrics", app.metrics.asgi_app())``.
     * **metrics_route** - also serve ``GET /metrics`` (the standalone server does).
+    * **cors** - answer CORS for ``Settings.cors_origins`` (``MESH_IMAGES_CORS_ORIGINS``; the
+      standalone server does; see ``cors.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
 
@@ -162,6 +185,7 @@ class ImagesApp:
         openapi: bool = False,
         metrics: Metrics | None = None,
         metrics_route: bool = False,
+        cors: bool = False,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
@@ -178,14 +202,19 @@ class ImagesApp:
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
+            MODEL_PATH: {"GET": ImagesApp._model},
         }
         if health:
-            self._routes[HEALTH_PATH] = {"GET": ImagesApp._health}
+            self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
+            self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
         if openapi:
             self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
             self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+        self._entry: ASGIApp = self._http
+        if cors and self.settings.cors_origins:
+            self._entry = with_cors(self._http, self.settings.cors_origins)
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.bind(
             circuits=lambda: self._service.circuit_states() if self._service else (),
@@ -196,14 +225,28 @@ class ImagesApp:
             self.metrics,
             Tracing(self.settings.otel, tracer_provider),
             self._routes,
-            quiet=(HEALTH_PATH, METRICS_PATH),
+            quiet=(HEALTH_PATH, READY_PATH, METRICS_PATH),
             log_prompts=self.settings.log_prompts,
         )
 
     @property
     def paths(self) -> frozenset[str]:
-        """The route paths this app answers."""
+        """The route paths this app answers (``MODEL_PATH`` stands for every model's path)."""
         return frozenset(self._routes)
+
+    def route(self, path: str) -> str | None:
+        """The route (a key of ``paths``) serving ``path``, or None."""
+        if path in self._routes:
+            return path
+        if path.startswith(MODELS_PATH + "/") and len(path) > len(MODELS_PATH) + 1:
+            return MODEL_PATH
+        return None
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of ``drain`` until the app is reopened: new generations get 503
+        and ``/readyz`` says not ready."""
+        return self._inflight.draining
 
     @property
     def service(self) -> ImageService:
@@ -277,11 +320,15 @@ class ImagesApp:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1000})
             return
+        await self._entry(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_from_header(get_header(scope, b"x-request-id"))
         path = route_path(scope)
-        outcome = self._observer.start(scope, path, request_id)
+        route = self.route(path)
+        outcome = self._observer.start(scope, route or path, request_id)
         try:
-            await self._dispatch(scope, path, receive, send, request_id)
+            await self._dispatch(scope, route, receive, send, request_id)
         except ClientDisconnected:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
@@ -290,7 +337,7 @@ class ImagesApp:
         except Exception:
             outcome.fail(500, "internal_error")
             logger.exception("mesh-images: unhandled error in request %s", request_id)
-            outcome.bytes = await _send_error(send, _InternalError("Internal error."), request_id)
+            outcome.bytes = await _send_error(send, InternalError("Internal error."), request_id)
         except BaseException:  # cancelled by the server or the host
             outcome.fail(CLIENT_CLOSED, "cancelled")
             raise
@@ -298,14 +345,16 @@ class ImagesApp:
             self._observer.finish(outcome)
 
     async def _dispatch(
-        self, scope: Scope, path: str, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, route: str | None, receive: Receive, send: Send, request_id: str
     ) -> None:
-        methods = self._routes.get(path)
+        methods = None if route is None else self._routes.get(route)
         if methods is None:
             raise NotFound(f"No route for {scope['path']!r}.")
         handler = methods.get(scope["method"])
         if handler is None:
             raise MethodNotAllowed(scope["method"], sorted(methods))
+        if scope["method"] == "HEAD":
+            send = _without_body(send)
         await handler(self, scope, receive, send, request_id)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
@@ -333,7 +382,10 @@ class ImagesApp:
         authorize(key, plan.job.entry, request.n)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         if request.stream:
-            await stream_generation(service, plan, receive, send, request_id, self.settings)
+            dialect = stream_dialect(scope)
+            await stream_generation(
+                service, plan, receive, send, request_id, self.settings, dialect
+            )
             return
         routed = await call_until_disconnect(receive, lambda: service.generate(plan))
         if routed is None:
@@ -346,23 +398,61 @@ class ImagesApp:
             ]
             outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    def _visible_models(self, scope: Scope) -> list[ModelEntry]:
+        """The models this caller may see: enabled providers, and those its key may use."""
         key = self._keys.authenticate(scope)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        retired = query.get("include_retired", ["false"])[-1].lower() in {"true", "1"}
-        page = self.service.models_page(include_retired=retired)
-        if key is not None:  # a key sees the models it may use
+        entries = self.service.enabled_models()
+        if key is not None:
             current_outcome().key = key.label
-            page = {**page, "data": [m for m in page["data"] if key.allows(m["id"], m["aliases"])]}
-        wanted = query.get("type")
-        if wanted and "image" not in wanted:
-            page = {**page, "data": []}
-        current_outcome().bytes = await _send_json(send, 200, page, request_id)
+            entries = [entry for entry in entries if key.allows(entry.id, entry.aliases)]
+        return entries
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        entries = self._visible_models(scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if query.get("include_retired", ["false"])[-1].lower() not in {"true", "1"}:
+            entries = [entry for entry in entries if entry.status != "retired"]
+        types = {value.lower() for value in query.get("type", ())}
+        if types and "image" not in types:  # every model here is an image model
+            entries = []
+        providers = {value.lower() for value in query.get("provider", ())}
+        if providers:
+            entries = [entry for entry in entries if entry.provider in providers]
+        body = model_list(entries, self.service.created, model_dialect(scope))
+        current_outcome().bytes = await _send_json(send, 200, body, request_id)
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        name = route_path(scope)[len(MODELS_PATH) + 1 :]
+        entries = {entry.id: entry for entry in self._visible_models(scope)}
+        try:
+            entry = entries.get(self.service.catalog.resolve(name).id)
+        except ModelNotFound:
+            entry = None
+        if entry is None:
+            raise ModelNotFound(
+                f"Model {name!r} is not served here. GET /v1/models lists the models served here."
+            )
+        body = model_object(entry, self.service.created, model_dialect(scope))
+        current_outcome().bytes = await _send_json(send, 200, body, request_id)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         if self._inflight.draining:  # load balancers stop sending while we drain
             raise _shutting_down()
         await _send_json(send, 200, {"status": "ok"}, request_id)
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """200 once the app's resources exist and while it is not draining; 503 otherwise.
+
+        Servers answer no request before lifespan startup completes; with no lifespan, the
+        first ``/readyz`` creates the resources (a first use) and says whether that worked."""
+        if self._inflight.draining:
+            raise _shutting_down()
+        try:
+            _ = self.service
+        except Exception:
+            logger.exception("mesh-images: the app could not start")
+            raise ServiceUnavailable("This gateway could not start; see its log.") from None
+        await _send_json(send, 200, {"status": "ready"}, request_id)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         if self.settings.metrics_auth:
@@ -381,12 +471,14 @@ class ImagesApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._starting = True
                 try:
                     _ = self.service
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                await send({"type": "lifespan.startup.complete"})
+                finally:
+                    await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -117,6 +118,9 @@ class Settings(BaseSettings):
     """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
     body_timeout: float = Field(default=30.0, gt=0)
     """Seconds a client may take to send its whole request body (408 past it)."""
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Browser origins the standalone server answers CORS for (``MESH_IMAGES_CORS_ORIGINS``:
+    comma-separated, or ``*``); none: no CORS headers (see ``cors.py``)."""
 
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(
@@ -136,6 +140,14 @@ class Settings(BaseSettings):
 
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Catalog entries to add or override, from the TOML file's ``[models."id"]`` tables."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """``"https://a.example, https://b.example"`` from the environment; a list from TOML."""
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -28,11 +28,18 @@ the stable ``error.code``::
      ├── ServiceUnavailable          503 service_unavailable  (rate limiting down, fail-closed)
      ├── ProviderNotAvailable        503 provider_not_available (circuit open, provider saturated,
      │                                                          shutting down; Retry-After)
-     └── GatewayTimeout              504 gateway_timeout      (provider_code provider_timeout)
+     ├── GatewayTimeout              504 gateway_timeout      (provider_code provider_timeout)
+     └── InternalError               500 internal_error       (a bug: the log has the traceback)
 
-The envelope is ``{"error": {"code", "message", ...}, "request_id": "req_..."}``; optional keys
-appear only when set. An error that ends a routed generation also carries its ``routing`` record
-(see ``routing.py``), which stream error events include. Messages never carry secrets, stack
+The envelope is ``{"error": {"code", "type", "message", ...}, "request_id": "req_..."}``;
+optional keys appear only when set. ``type`` is OpenAI's name for the same class of error
+(``invalid_request_error``, ``authentication_error``, ``permission_error``, ``rate_limit_error``,
+``server_error``), so that ``openai.APIError.type`` is set; ``code`` stays Mesh's, the one to
+branch on. An error a retry cannot fix (``retriable`` False: every 4xx but 408, 409 and 429, a
+501, a refused upstream key) answers ``x-should-retry: false``, which the openai SDK obeys.
+This module is the one place that maps an error to these. An error that ends a routed
+generation also carries its ``routing`` record (see ``routing.py``), which stream error events
+include. Messages never carry secrets, stack
 traces or image data.
 """
 
@@ -50,6 +57,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "GatewayTimeout",
+    "InternalError",
     "InvalidJSON",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -68,6 +76,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamRateLimited",
     "ValidationFailed",
+    "openai_type",
 ]
 
 
@@ -76,6 +85,8 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    retriable: ClassVar[bool | None] = None
+    """Whether the same request may succeed later; None: decided by ``status``."""
 
     def __init__(
         self,
@@ -101,7 +112,11 @@ class GatewayError(Exception):
 
     def error_object(self) -> dict[str, Any]:
         """The inner ``error`` object of the envelope."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        error: dict[str, Any] = {
+            "code": self.code,
+            "type": openai_type(self.status),
+            "message": self.message,
+        }
         optional = (
             ("param", self.param),
             ("details", self.details),
@@ -128,7 +143,30 @@ class GatewayError(Exception):
         retry_after = self._retry_after()
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
+        if not self.may_succeed_on_retry():
+            headers.append((b"x-should-retry", b"false"))
         return headers
+
+    def may_succeed_on_retry(self) -> bool:
+        """False when sending the same request again cannot help (``x-should-retry: false``)."""
+        if self.retriable is not None:
+            return self.retriable
+        return self.status in _RETRIABLE_STATUSES or (self.status >= 500 and self.status != 501)
+
+
+_RETRIABLE_STATUSES = frozenset({408, 409, 429})
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status (what ``openai.APIError.type`` reads)."""
+    if status >= 500:
+        return "server_error"
+    return _OPENAI_TYPES.get(status, "invalid_request_error")
 
 
 class InvalidRequest(GatewayError):
@@ -246,8 +284,11 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamAuthError(GatewayError):
+    """The upstream refused the gateway's own credentials: an operator must fix them."""
+
     status = 502
     code = "upstream_auth_error"
+    retriable = False
 
 
 class ServiceUnavailable(GatewayError):
@@ -265,3 +306,10 @@ class ProviderNotAvailable(GatewayError):
 class GatewayTimeout(GatewayError):
     status = 504
     code = "gateway_timeout"
+
+
+class InternalError(GatewayError):
+    """A failure of the gateway itself; the client sees no detail, the log has the traceback."""
+
+    status = 500
+    code = "internal_error"

@@ -17,7 +17,7 @@ import httpx
 
 from ._asgi import ASGIApp, Receive, Scope, Send, route_path
 from ._lifespan import run_host_lifespan
-from .app import MODELS_PATH, ImagesApp
+from .app import MODEL_PATH, MODELS_PATH, ImagesApp
 from .catalog import Catalog
 from .config import Settings
 from .metrics import Metrics
@@ -40,7 +40,8 @@ class ImagesMiddleware:
     **Parameters:**
 
     * **app** - the host application.
-    * **serve_models** - also answer ``GET /v1/models`` (turn off if the host has its own).
+    * **serve_models** - also answer ``GET /v1/models`` and ``GET /v1/models/{id}`` (turn off
+      if the host has its own).
     * **settings**, **providers**, **catalog**, **http_client**, **metrics**,
       **tracer_provider** - as for ``ImagesApp``; the images app is ``middleware.images`` and its
       metrics ``middleware.images.metrics`` (pass your own ``Metrics`` to mount them before the
@@ -68,10 +69,14 @@ class ImagesMiddleware:
             metrics=metrics,
             tracer_provider=tracer_provider,
         )
-        self._paths = self.images.paths if serve_models else self.images.paths - {MODELS_PATH}
+        self._skipped = frozenset() if serve_models else frozenset({MODELS_PATH, MODEL_PATH})
+
+    def _serves(self, scope: Scope) -> bool:
+        route = self.images.route(route_path(scope))
+        return route is not None and route not in self._skipped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and route_path(scope) in self._paths:
+        if scope["type"] == "http" and self._serves(scope):
             await self.images(scope, receive, send)
         elif scope["type"] == "lifespan":
             await run_host_lifespan(

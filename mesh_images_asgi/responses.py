@@ -1,4 +1,5 @@
-"""Provider results -> the bodies our clients receive (JSON response, stream chunks)."""
+"""Provider results -> the bodies our clients receive (the JSON response, and the body of a Mesh
+stream's final chunk, which is the same object with the chunk's fields added)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,3 @@ def images_response(job: GenerationJob, result: ProviderResult) -> dict[str, Any
     )
     body.update((key, value) for key, value in optional if value is not None)
     return body
-
-
-OPTIONAL_FIELDS = ("background", "output_format", "quality", "size", "usage")

@@ -56,6 +56,10 @@ class ImageRequest(BaseModel):
     partial_images: int | None = Field(default=None, ge=0, le=3)
     seed: int | None = Field(default=None, ge=-1, le=2147483647)
     user: str | None = Field(default=None, max_length=256)
+    """OpenAI's end-user id; like ``safety_identifier``, every model takes it: it goes upstream
+    where the upstream knows it (OpenAI) and is dropped where it does not (docs/providers.md)."""
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    """OpenAI's replacement for ``user``: a stable, hashed end-user id for abuse monitoring."""
     stream: bool = False
     # Fields of the Mesh API reference and SDK that only some providers take.
     aspect_ratio: str | None = Field(default=None, pattern=r"^[1-9][0-9]?:[1-9][0-9]?$")
@@ -86,7 +90,6 @@ OPTIONAL_PARAMS: tuple[str, ...] = (
     "moderation",
     "partial_images",
     "seed",
-    "user",
     "aspect_ratio",
     "resolution",
     "image",

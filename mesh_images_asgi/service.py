@@ -42,7 +42,8 @@ class ImageService:
         self.settings = settings
         self.catalog = catalog
         self.providers = dict(providers)
-        self._created = int(time.time())
+        self.created = int(time.time())
+        """When the models were loaded: the ``created`` of every model object."""
         self._warnings = Warnings()
         self.router = Router(
             self.providers,
@@ -57,18 +58,6 @@ class ImageService:
 
     def enabled_models(self) -> list[ModelEntry]:
         return [entry for entry in self.catalog if entry.provider in self.providers]
-
-    def models_page(self, *, include_retired: bool = False) -> dict[str, Any]:
-        """The ``GET /v1/models`` body: the models of enabled providers (retired ones only when
-        asked for)."""
-        return {
-            "object": "list",
-            "data": [
-                entry.public(self._created)
-                for entry in self.enabled_models()
-                if include_retired or entry.status != "retired"
-            ],
-        }
 
     def prepare(self, request: ImageRequest) -> GenerationJob:
         """Resolve and check the requested model; raise the 4xx/501 that says why it cannot be

@@ -2,8 +2,9 @@
 
 Three tasks per stream, and only one of them ever calls ``send``::
 
-    producer   -- runs the generation; posts partial chunks, then the final chunk (or an error
-                  event) to the writer's mailbox
+    producer   -- runs the generation; posts partial images, then the result (or an error)
+                  to the writer's mailbox, encoded as the client's dialect asks
+                  (``stream_events.py``: Mesh's ``image.chunk`` events or OpenAI's typed ones)
     writer     -- this coroutine, the only caller of ``send``: writes what the mailbox holds in
                   order, and ``: ping`` when ``keepalive_interval`` s pass without a write
     listener   -- the only caller of ``receive``: on ``http.disconnect`` it cancels everything
@@ -28,42 +29,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import orjson
 
 from ._asgi import Message, Receive, Send
 from ._cancel import CancelScope
 from .config import Settings
-from .cost import with_cost
+from .dialects import Dialect
 from .disconnect import DisconnectWatch
-from .errors import GatewayError, ProviderNotAvailable
+from .errors import GatewayError, InternalError, ProviderNotAvailable
 from .outcome import CLIENT_CLOSED, current_outcome
-from .providers.base import GeneratedImage, PartialImage
-from .responses import OPTIONAL_FIELDS, image_items
+from .providers.base import PartialImage
 from .routing import Plan
 from .service import ImageService
+from .stream_events import DONE, PING, StreamEvents, stream_events
 
-__all__ = ["DONE", "PING", "event", "stream_generation"]
+__all__ = ["DONE", "PING", "stream_generation"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
-PING = b": ping\n\n"
-DONE = b"data: [DONE]\n\n"
 CUT = ProviderNotAvailable(
     "The server stopped this generation before it finished (it is shutting down); retry it.",
     retry_after_seconds=1.0,
 )
-
-
-def event(payload: dict[str, Any]) -> bytes:
-    """One ``data:`` event."""
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
 
 STOP_GRACE = 5.0
 """Seconds a cancelled generation gets to finish when its stream ends."""
@@ -142,115 +132,132 @@ async def stream_generation(
     send: Send,
     request_id: str,
     settings: Settings,
+    dialect: Dialect = "mesh",
 ) -> None:
-    """Answer ``plan`` as an SSE stream on raw ASGI ``send``.
+    """Answer ``plan`` as an SSE stream on raw ASGI ``send``, in ``dialect``'s events.
 
     The headers go out before the upstream answers, so they name the requested model only
-    (``x-mesh-routing-model``); the final chunk (or error event) carries the whole ``routing``
-    record, and its ``model`` is the model that served; its ``usage`` carries ``cost_usd`` when
-    the cost is known.
+    (``x-mesh-routing-model``); in Mesh's dialect the final chunk (or error event) carries the
+    whole ``routing`` record, its ``model`` is the model that served, and its ``usage`` carries
+    ``cost_usd`` when the cost is known (``stream_events.py``).
     """
-    job = plan.job
-    base: dict[str, Any] = {
-        "id": "img-" + os.urandom(12).hex(),
-        "object": "image.chunk",
-        "created": int(time.time()),
-        "model": job.entry.id,
-    }
-    writer = _Writer(send, settings.send_timeout)
-    outcome = current_outcome()
-    mailbox = _Mailbox()
-    watch = DisconnectWatch(receive)
-    cut = False
-
-    async def produce() -> None:
-        async def on_partial(partial: PartialImage) -> None:
-            items = image_items(job, [GeneratedImage(b64_json=partial.b64_json)])
-            chunk = {**base, "data": items, "status": "partial"}
-            chunk["partial_image_index"] = partial.index
-            mailbox.put(event(chunk))
-
-        try:
-            wants_partials = bool(job.request.partial_images)
-            routed = await service.generate(plan, on_partial if wants_partials else None)
-            cost = outcome.served(routed.routing.fallback)
-            result = routed.result
-            items = image_items(routed.job, result.images, result.output_format)
-            final: dict[str, Any] = {**base, "data": items, "status": "completed"}
-            final["model"] = routed.routing.model
-            final["routing"] = routed.routing.public()
-            for key in OPTIONAL_FIELDS:
-                value = getattr(result, key)
-                if value is not None:
-                    final[key] = value
-            usage = with_cost(result.usage, cost)
-            if usage is not None:
-                final["usage"] = usage
-            mailbox.put(event(final), last=True)
-        except GatewayError as error:
-            outcome.failed(error)
-            failed = {"error": error.error_object(), "request_id": request_id}
-            if error.routing is not None:
-                failed["routing"] = error.routing
-            mailbox.put(event(failed), last=True)
-        except Exception:
-            outcome.fail(500, "internal_error")
-            logger.exception("mesh-images: stream %s failed", request_id)
-            error_object = {"code": "internal_error", "message": "Internal error."}
-            mailbox.put(event({"error": error_object, "request_id": request_id}), last=True)
-
-    outcome.stream_opened()
+    events = stream_events(plan.job, dialect)
+    stream = _Stream(service, plan, request_id, events, receive, send, settings)
+    stream.outcome.stream_opened()
     loop = asyncio.get_running_loop()
-    producer = loop.create_task(produce())
+    producer = loop.create_task(stream.produce())
     listener: asyncio.Task[None] | None = None
+    cut = False
     try:
         with CancelScope() as scope:
-            listener = loop.create_task(watch.run(scope.cancel))
-            try:
-                await writer(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-type", b"text/event-stream"),
-                            (b"cache-control", b"no-cache"),
-                            (b"x-accel-buffering", b"no"),
-                            (b"x-request-id", request_id.encode()),
-                            (b"x-mesh-routing-model", job.entry.id.encode()),
-                        ],
-                    }
-                )
-                await writer.body(event({**base, "data": [], "status": "processing"}))
-                await _pump(mailbox, writer, settings.keepalive_interval, outcome.pinged)
-            except OSError:
-                watch.disconnected = True  # ASGI 2.4 servers raise on send to a gone client
-            except SendTimeout:
-                outcome.fail(CLIENT_CLOSED, "send_timeout")
-                logger.warning(
-                    "mesh-images: stream %s ended: the client stopped reading", request_id
-                )
+            listener = loop.create_task(stream.watch.run(scope.cancel))
+            await stream.respond(settings.keepalive_interval)
     except asyncio.CancelledError:
         cut = True  # by the server (shutdown, a host's timeout): the client is told so
         raise
     finally:
         await _stop(producer, listener)
+        await stream.finish(cut)
+
+
+class _Stream:
+    """One stream's parts: the producer's steps (``produce``) and the writer's (``respond``,
+    ``finish``), around the mailbox between them."""
+
+    __slots__ = ("events", "mailbox", "outcome", "plan", "request_id", "service", "watch", "writer")
+
+    def __init__(
+        self,
+        service: ImageService,
+        plan: Plan,
+        request_id: str,
+        events: StreamEvents,
+        receive: Receive,
+        send: Send,
+        settings: Settings,
+    ) -> None:
+        self.service = service
+        self.plan = plan
+        self.request_id = request_id
+        self.events = events
+        self.writer = _Writer(send, settings.send_timeout)
+        self.outcome = current_outcome()
+        self.mailbox = _Mailbox()
+        self.watch = DisconnectWatch(receive)
+
+    async def produce(self) -> None:
+        """Run the generation; post its partial images, then its result or its error."""
+        outcome = self.outcome
+        try:
+            wants_partials = bool(self.plan.job.request.partial_images)
+            on_partial = self._post_partial if wants_partials else None
+            routed = await self.service.generate(self.plan, on_partial)
+            cost = outcome.served(routed.routing.fallback)
+            self.mailbox.put(self.events.completed(routed, cost), last=True)
+        except GatewayError as error:
+            outcome.failed(error)
+            self.mailbox.put(self.events.failed(self._error_payload(error)), last=True)
+        except Exception:
+            outcome.fail(500, "internal_error")
+            logger.exception("mesh-images: stream %s failed", self.request_id)
+            failed = self._error_payload(InternalError("Internal error."))
+            self.mailbox.put(self.events.failed(failed), last=True)
+
+    async def _post_partial(self, partial: PartialImage) -> None:
+        self.mailbox.put(self.events.partial(partial))
+
+    def _error_payload(self, error: GatewayError) -> dict[str, Any]:
+        payload = {"error": error.error_object(), "request_id": self.request_id}
+        if error.routing is not None:
+            payload["routing"] = error.routing
+        return payload
+
+    async def respond(self, keepalive_interval: float) -> None:
+        """The headers, the opening event, then the mailbox's frames (pings while it is empty)
+        and ``[DONE]``; a client that went away or stopped reading ends it early."""
+        try:
+            await self.writer(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                        (b"x-request-id", self.request_id.encode()),
+                        (b"x-mesh-routing-model", self.plan.job.entry.id.encode()),
+                    ],
+                }
+            )
+            await self.writer.body(self.events.opening())
+            await _pump(self.mailbox, self.writer, keepalive_interval, self.outcome.pinged)
+        except OSError:
+            self.watch.disconnected = True  # ASGI 2.4 servers raise on send to a gone client
+        except SendTimeout:
+            self.outcome.fail(CLIENT_CLOSED, "send_timeout")
+            logger.warning(
+                "mesh-images: stream %s ended: the client stopped reading", self.request_id
+            )
+
+    async def finish(self, cut: bool) -> None:
+        """Record how the stream ended and, unless the client is gone or the response is
+        complete, end it through the writer (shielded, briefly): the cut's error event when
+        the server cancelled it, then ``[DONE]``."""
+        outcome, writer = self.outcome, self.writer
         outcome.stream_closed()
         if cut:
             outcome.failed(CUT)
-        elif watch.disconnected and not writer.closed:  # a disconnect after [DONE] is no failure
+        elif self.watch.disconnected and not writer.closed:  # gone after [DONE]: no failure
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
-        if not watch.disconnected and not writer.closed:
+        if not self.watch.disconnected and not writer.closed:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(1.0),
-                contextlib.suppress(OSError),
+                contextlib.suppress(OSError, SendTimeout),
             ):
                 if cut:
-                    failed = event({"error": CUT.error_object(), "request_id": request_id})
-                    await send({"type": "http.response.body", "body": failed, "more_body": True})
-                    writer.sent += len(failed)
-                await send({"type": "http.response.body", "body": DONE, "more_body": False})
-                writer.sent += len(DONE)
+                    await writer.body(self.events.failed(self._error_payload(CUT)))
+                await writer.body(DONE, more=False)
         outcome.bytes = writer.sent
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..catalog import ModelEntry
 from ..schemas import ImageRequest
@@ -19,11 +19,16 @@ from ..schemas import ImageRequest
 __all__ = [
     "GeneratedImage",
     "GenerationJob",
+    "JobKind",
     "PartialImage",
     "PartialSink",
     "Provider",
     "ProviderResult",
 ]
+
+
+JobKind = Literal["generation", "edit"]
+"""What a job makes: a new image, or an edit of given ones (it names the stream's events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class GenerationJob:
     client_credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Credentials the client brought (BYOK), by provider name; they live only as long as the
     request and never reach a log line."""
+    kind: JobKind = "generation"
 
     @property
     def extra_fields(self) -> dict[str, Any]:

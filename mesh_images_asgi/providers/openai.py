@@ -41,7 +41,15 @@ __all__ = ["OpenAIProvider"]
 
 NAME = "OpenAI"
 _POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
-_OPTIONAL = ("quality", "output_format", "output_compression", "background", "moderation", "user")
+_OPTIONAL = (
+    "quality",
+    "output_format",
+    "output_compression",
+    "background",
+    "moderation",
+    "user",
+    "safety_identifier",
+)
 _PARTIAL = "image_generation.partial_image"
 _COMPLETED = "image_generation.completed"
 

@@ -1,0 +1,68 @@
+"""How a catalog model is shown to clients: ``GET /v1/models`` and ``GET /v1/models/{id}``.
+
+One function renders a model for both routes and both shapes, so that they never disagree:
+
+- OpenAI's (the default): ``{"id", "object": "model", "created", "owned_by"}`` plus our fields
+  (``type``, ``aliases``, ``description``, ``capabilities``, ``pricing``); the list is
+  ``{"object": "list", "data": [...]}``.
+- Mesh's (for the meshapi SDK, see ``dialects.py``): the same object with the fields of the
+  SDK's ``ModelInfo`` added (``name``, ``is_free``, ``provider``, ``model_type``, modalities, the
+  ``supports_image_*`` flags) and ``pricing`` in Mesh's form (decimal strings, as the SDK types
+  them); the list is a bare JSON array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .catalog import ModelEntry
+from .dialects import Dialect
+
+__all__ = ["model_list", "model_object"]
+
+_IMAGE_FLAGS = (
+    "supports_image_edit",
+    "supports_image_inpaint",
+    "supports_image_outpaint",
+    "supports_image_mix",
+    "supports_image_reframe",
+    "supports_image_upscale",
+    "supports_image_remove_background",
+    "supports_image_reference",
+)
+
+
+def _mesh_fields(entry: ModelEntry) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "name": entry.id,
+        "is_free": entry.price_per_image == 0,
+        "provider": entry.provider,
+        "model_type": "image",
+        "input_modalities": ["text"],
+        "output_modalities": ["image"],
+        "pricing": None,
+        **dict.fromkeys(_IMAGE_FLAGS, False),
+    }
+    if entry.price_per_image is not None:
+        fields["pricing"] = {
+            "pricing_unit": "per_image",
+            "image_output_usd_per_image": f"{entry.price_per_image:g}",
+        }
+    return fields
+
+
+def model_object(entry: ModelEntry, created: int, dialect: Dialect) -> dict[str, Any]:
+    """One model, as ``GET /v1/models/{id}`` answers it and as the list holds it."""
+    body = entry.public(created)
+    if dialect == "mesh":
+        body.update(_mesh_fields(entry))
+    return body
+
+
+def model_list(entries: Iterable[ModelEntry], created: int, dialect: Dialect) -> Any:
+    """The ``GET /v1/models`` body."""
+    models = [model_object(entry, created, dialect) for entry in entries]
+    if dialect == "mesh":
+        return models
+    return {"object": "list", "data": models}
