@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-litellm clean
+.PHONY: install run test lint bench bench-litellm litellm-client clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench-litellm:
 	$(PYTHON) -m venv bench/.litellm
 	bench/.litellm/bin/python -m pip install --quiet 'litellm[proxy]'
 
+# LiteLLM's SDK in its own virtualenv (.litellm/), for tests/live/test_litellm.py (skipped without
+# it): LiteLLM pins versions of openai and pydantic that the project's own venv must not take.
+litellm-client:
+	$(PYTHON) -m venv .litellm
+	.litellm/bin/python -m pip install --quiet litellm
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -151,6 +151,8 @@ async def test_models_route_can_be_left_to_the_host() -> None:
     async with client_for(ours) as a, client_for(theirs) as b:
         assert (await a.get("/v1/models")).json()["object"] == "list"
         assert (await b.get("/v1/models")).json() == {"host": "models"}
+        assert (await a.get("/v1/models/local/default")).json()["id"] == "local/sketch"
+        assert "x-request-id" not in (await b.get("/v1/models/local/sketch")).headers
 
 
 @pytest.mark.anyio

@@ -85,14 +85,14 @@ class ScriptedProvider:
         return None
 
 
-def _scope() -> dict[str, Any]:
+def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {
         "type": "http",
         "method": "POST",
         "path": GEN,
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [(b"content-type", b"application/json"), *headers],
     }
 
 
@@ -107,6 +107,7 @@ class Run:
         self.disconnect = anyio.Event()
         self.started = 0.0
         self.send_hook: Callable[[Message], Awaitable[None]] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
 
     async def receive(self) -> Message:
         if self.body:
@@ -123,7 +124,7 @@ class Run:
     async def __call__(self) -> None:
         self.started = now()
         try:
-            await self.app(_scope(), self.receive, self.send)
+            await self.app(_scope(self.headers), self.receive, self.send)
         finally:
             await self.app.aclose()
 
@@ -304,3 +305,65 @@ async def test_no_task_outlives_the_stream(ending: str) -> None:
     assert asyncio.all_tasks() == before  # the producer and the listener were awaited
     if ending != "completed":
         assert provider.cancelled_at is not None
+
+
+def _named_events(frames: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    """``(event name, data)`` of each ``event:`` frame (OpenAI's dialect)."""
+    named = []
+    for frame in frames:
+        for event in frame.split(b"\n\n"):
+            if event.startswith(b"event: "):
+                name, data = event.split(b"\n", 1)
+                named.append((name[7:].decode(), json.loads(data.removeprefix(b"data: "))))
+    return named
+
+
+@pytest.mark.anyio
+async def test_openai_dialect_encodes_partials_and_one_completed_event_per_image() -> None:
+    run = Run(LocalProvider(latency=0.1), {"partial_images": 2, "size": "64x64", "n": 2})
+    run.headers = [(b"x-stainless-lang", b"python")]
+    await run()
+    assert run.frames[0] == PING  # OpenAI has no processing event
+    events = _named_events(run.frames)
+    assert [name for name, _ in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+        "image_generation.completed",
+    ]
+    assert all(name == data["type"] for name, data in events)
+    assert [data["partial_image_index"] for _, data in events[:2]] == [0, 1]
+    completed = events[-1][1]
+    assert (completed["size"], completed["output_format"]) == ("64x64", "png")
+    assert completed["quality"] in {"low", "medium", "high", "auto"}
+    assert completed["usage"]["total_tokens"] == 0  # the local renderer reports no usage
+    assert run.frames[-1] == DONE
+
+
+@pytest.mark.anyio
+async def test_openai_dialect_cut_stream_ends_with_an_error_event_then_done() -> None:
+    provider = ScriptedProvider(latency=30)
+    run = Run(provider, {})
+    run.headers = [(b"x-mesh-dialect", b"openai")]
+    with anyio.move_on_after(0.3):
+        await run()
+    name, data = _named_events(run.frames)[-1]
+    assert name == "error"
+    assert data["type"] == "error"
+    assert (data["error"]["code"], data["error"]["type"]) == (
+        "provider_not_available",
+        "server_error",
+    )
+    assert run.frames[-1] == DONE
+    assert run.sent[-1][1]["more_body"] is False
+
+
+@pytest.mark.anyio
+async def test_mesh_final_chunk_is_the_json_answer_plus_the_chunk_fields() -> None:
+    run = Run(ScriptedProvider(latency=0.0), {"response_format": "b64_json"})
+    await run()
+    final = run.events()[-1]
+    assert final["data"] == [{"b64_json": "aW1hZ2U="}]
+    assert (final["size"], final["output_format"], final["status"]) == ("64x64", "png", "completed")
+    assert final["object"] == "image.chunk"
+    assert final["created"] == run.events()[0]["created"]  # the stream's, not the upstream's
