@@ -74,6 +74,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorObject(BaseModel):
     code: str = Field(description="Stable, safe to branch on.")
+    type: str = Field(description="OpenAI's error type (invalid_request_error, server_error...).")
     message: str
     param: str | None = None
     details: list[ErrorDetail] | None = None
@@ -90,7 +91,7 @@ class ErrorEnvelope(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "ready"]
 
 
 _ERRORS = {
@@ -207,9 +208,25 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
             **_errors(*denied, "500"),
         },
     }
+    model = {
+        "operationId": "retrieveModel",
+        "summary": "One model (the id may hold '/'; aliases resolve)",
+        **secured,
+        "parameters": [
+            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "200": {
+                "description": "The model, as in the list",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **_errors(*denied, "404", "500"),
+        },
+    }
     paths: dict[str, Any] = {
         "/v1/images/generations": {"post": generate},
         "/v1/models": {"get": models},
+        "/v1/models/{model}": {"get": model},
         OPENAPI_PATH: {
             "get": {
                 "operationId": "openapi",
@@ -224,13 +241,18 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
         },
     }
     if health:
-        paths["/healthz"] = {
-            "get": {
-                "operationId": "health",
-                "summary": "Liveness",
-                "responses": {"200": _json("Health", "Alive")},
+        for path, name, summary in (
+            ("/healthz", "health", "Liveness"),
+            ("/readyz", "ready", "Readiness"),
+        ):
+            probe = {
+                "summary": summary,
+                "responses": {"200": _json("Health", summary), **_errors("503")},
             }
-        }
+            paths[path] = {
+                "get": {"operationId": name, **probe},
+                "head": {"operationId": name + "Head", **probe},
+            }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
