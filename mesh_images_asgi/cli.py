@@ -171,7 +171,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # e.g. CORS asked for without Starlette installed
+        print(f"mesh-images: {exc}", file=sys.stderr)
+        return 2
     _tune_gc()
     uvicorn.run(
         app,

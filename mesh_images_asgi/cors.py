@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._asgi import ASGIApp
+from .config import ConfigError
 
 __all__ = ["EXPOSED_HEADERS", "with_cors"]
 
@@ -31,7 +32,12 @@ EXPOSED_HEADERS = (
 
 def with_cors(app: ASGIApp, origins: Sequence[str]) -> ASGIApp:
     """``app`` behind Starlette's ``CORSMiddleware`` for ``origins`` (``"*"``: any)."""
-    from starlette.middleware.cors import CORSMiddleware  # the server extra's dependency
+    try:
+        from starlette.middleware.cors import CORSMiddleware  # the server extra's dependency
+    except ImportError:
+        raise ConfigError(
+            "MESH_IMAGES_CORS_ORIGINS needs Starlette: pip install 'mesh-images-asgi[server]'."
+        ) from None
 
     return CORSMiddleware(
         app,

@@ -140,6 +140,9 @@ async def test_a_model_outside_the_keys_patterns_is_403_and_aliases_count() -> N
         )
         listed = await client.get("/v1/models", headers=bearer(OTHER))
         listed_all = await client.get("/v1/models", headers=bearer(KEY))
+        one = await client.get("/v1/models/local/poster", headers=bearer(OTHER))
+        hidden = await client.get("/v1/models/local/poster", headers=bearer(KEY))
+        anonymous = await client.get("/v1/models/local/poster")
     assert by_alias.status_code == 200, by_alias.text
     error = assert_envelope(denied, 403, "forbidden")
     assert error["param"] == "model"
@@ -147,6 +150,9 @@ async def test_a_model_outside_the_keys_patterns_is_403_and_aliases_count() -> N
     assert allowed.status_code == 200, allowed.text
     assert [model["id"] for model in listed.json()["data"]] == ["local/poster"]
     assert [model["id"] for model in listed_all.json()["data"]] == ["local/sketch"]
+    assert one.json()["id"] == "local/poster"
+    assert_envelope(hidden, 404, "model_not_found")  # as the list: a key sees what it may use
+    assert_envelope(anonymous, 401, "unauthorized")
 
 
 @pytest.mark.anyio

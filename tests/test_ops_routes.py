@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi.config import ConfigError
 from mesh_images_asgi.cors import EXPOSED_HEADERS
 from mesh_images_asgi.main import create_app
 from tests.helpers import client_for
@@ -122,3 +125,11 @@ async def test_model_route_resolves_aliases_and_404s_the_rest() -> None:
         as_list = (await client.get("/v1/models", headers={"X-Mesh-Dialect": "mesh"})).json()
         assert isinstance(as_list, list)
         assert mesh in as_list
+
+
+def test_cors_without_starlette_is_a_clear_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "starlette.middleware.cors", None)  # import fails
+    with pytest.raises(ConfigError, match=r"mesh-images-asgi\[server\]"):
+        create_app(Settings(cors_origins=(ORIGIN,)))
