@@ -8,13 +8,15 @@ One function renders a model for both routes and both shapes, so that they never
 - Mesh's (for the meshapi SDK, see ``dialects.py``): the same object with the fields of the
   SDK's ``ModelInfo`` added (``name``, ``is_free``, ``provider``, ``model_type``, modalities, the
   ``supports_image_*`` flags) and ``pricing`` in Mesh's form (decimal strings, as the SDK types
-  them); the list is a bare JSON array.
+  them; a price table by quality and size goes in ``notes``); the list is a bare JSON array.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import orjson
 
 from .catalog import ModelEntry
 from .dialects import Dialect
@@ -33,23 +35,32 @@ _IMAGE_FLAGS = (
 )
 
 
+def _mesh_pricing(entry: ModelEntry) -> dict[str, Any] | None:
+    """Mesh's ``pricing``: decimal strings; a price table by quality and size (which Mesh's
+    fields cannot hold) is written out in ``notes``."""
+    prices = entry.price_per_image
+    if prices is None:
+        return None
+    pricing: dict[str, Any] = {"pricing_unit": "per_image"}
+    if isinstance(prices, int | float):
+        pricing["image_output_usd_per_image"] = f"{prices:g}"
+    else:
+        table = {quality: dict(sizes) for quality, sizes in prices.items()}
+        pricing["notes"] = "USD per image by quality and size: " + orjson.dumps(table).decode()
+    return pricing
+
+
 def _mesh_fields(entry: ModelEntry) -> dict[str, Any]:
-    fields: dict[str, Any] = {
+    return {
         "name": entry.id,
         "is_free": entry.price_per_image == 0,
         "provider": entry.provider,
         "model_type": "image",
         "input_modalities": ["text"],
         "output_modalities": ["image"],
-        "pricing": None,
+        "pricing": _mesh_pricing(entry),
         **dict.fromkeys(_IMAGE_FLAGS, False),
     }
-    if entry.price_per_image is not None:
-        fields["pricing"] = {
-            "pricing_unit": "per_image",
-            "image_output_usd_per_image": f"{entry.price_per_image:g}",
-        }
-    return fields
 
 
 def model_object(entry: ModelEntry, created: int, dialect: Dialect) -> dict[str, Any]:

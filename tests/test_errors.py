@@ -19,6 +19,7 @@ TABLE: list[tuple[type[GatewayError], str, bool]] = [
     (errors.ModelNotFound, "invalid_request_error", False),
     (errors.NotFound, "invalid_request_error", False),
     (errors.RequestTimeout, "invalid_request_error", True),
+    (errors.ModelRetired, "invalid_request_error", False),
     (errors.RequestTooLarge, "invalid_request_error", False),
     (errors.UnsupportedMediaType, "invalid_request_error", False),
     (errors.ValidationFailed, "invalid_request_error", False),

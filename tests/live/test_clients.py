@@ -229,6 +229,10 @@ def test_meshapi_models_list_and_get(gateway: str) -> None:
     assert [model.id for model in client.models.list(provider="local")] == ["local/sketch"]
     got = client.models.get("local/default")
     assert (got.id, got.model_type) == ("local/sketch", "image")
+    tabled = client.models.get("openai/gpt-image-1.5")  # priced by quality and size
+    assert tabled.pricing is not None
+    assert tabled.pricing.image_output_usd_per_image is None
+    assert (tabled.pricing.notes or "").startswith("USD per image by quality and size: {")
 
 
 @pytest.mark.anyio
@@ -284,7 +288,12 @@ def test_safety_identifier_is_accepted_by_every_model(gateway: str) -> None:
     # Vertex takes neither; the request gets past validation (501: Vertex is not configured).
     answer = httpx.post(
         gateway + "/v1/images/generations",
-        json={"model": "vertex/imagen-3", "prompt": "x", "user": "u", "safety_identifier": "h"},
+        json={
+            "model": "vertex/gemini-3.1-flash-image",
+            "prompt": "x",
+            "user": "u",
+            "safety_identifier": "h",
+        },
     )
     assert answer.status_code == 501
     assert answer.json()["error"]["code"] == "not_implemented"
