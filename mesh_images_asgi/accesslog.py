@@ -73,6 +73,8 @@ def fields(outcome: Outcome, total: float) -> dict[str, Any]:
     if o.provider_code is not None:
         line["provider_code"] = o.provider_code
     line["key"] = o.key
+    if o.job is not None:
+        line["job"] = o.job
     if o.requested is not None:
         line["model"] = o.model
         line["requested_model"] = o.requested

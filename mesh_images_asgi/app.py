@@ -18,7 +18,7 @@ import orjson
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
-from .auth import KeyRing, allowed_models, authorize
+from .auth import GatewayKey, KeyRing, allowed_models, authorize
 from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
 from .catalog import Catalog, ModelEntry, load_catalog
@@ -37,19 +37,23 @@ from .errors import (
     ServiceUnavailable,
 )
 from .inflight import InFlight
+from .job_metrics import JobMetrics
+from .job_routes import JobRoutes
+from .jobs import JobQueue
 from .lifecycle import deprecation_headers
 from .metrics import Metrics
 from .model_views import model_list, model_object
 from .observer import Observer
 from .openapi import OPENAPI_PATH, openapi_bytes
-from .outcome import CLIENT_CLOSED, current_outcome
+from .outcome import CLIENT_CLOSED, Outcome, current_outcome
 from .providers.base import Provider
 from .providers.registry import build_providers
 from .ratelimit import Limiter, create_limiter, enforce
 from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
 from .responses import images_response
-from .schemas import parse_request
+from .routing import Plan, Routed
+from .schemas import ImageRequest, parse_request
 from .service import ImageService
 from .sse import stream_generation
 from .tracing import Tracing
@@ -59,7 +63,7 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
+__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp", "Reader"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
@@ -72,6 +76,8 @@ READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
+Reader = Callable[["ImagesApp", Scope, Receive], Awaitable[ImageRequest]]
+"""Reads and validates one route's request body (the synchronous route's and its jobs')."""
 _JSON = b"application/json"
 
 
@@ -163,6 +169,8 @@ class ImagesApp:
       standalone server does; see ``cors.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
+    * **jobs** - the async jobs' queue; by default in the process, or in Redis when
+      ``MESH_IMAGES_REDIS_URL`` is set (``docs/jobs.md``).
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
     ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
@@ -187,6 +195,7 @@ class ImagesApp:
         metrics_route: bool = False,
         cors: bool = False,
         tracer_provider: TracerProvider | None = None,
+        jobs: JobQueue | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         _register_secrets(self.settings)
@@ -204,6 +213,9 @@ class ImagesApp:
             MODELS_PATH: {"GET": ImagesApp._models},
             MODEL_PATH: {"GET": ImagesApp._model},
         }
+        self.readers: dict[str, Reader] = {GENERATIONS_PATH: ImagesApp._read_generation}
+        """Each synchronous image route's reader; an async route exists for each."""
+        self._jobs = JobRoutes(self, jobs, self._routes)
         if health:
             self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
             self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
@@ -221,6 +233,7 @@ class ImagesApp:
             bulkheads=lambda: self._service.bulkhead_loads() if self._service else (),
             in_flight=lambda: len(self._inflight),
         )
+        self.job_metrics = JobMetrics(self.metrics.registry, self._jobs.depth)
         self._observer = Observer(
             self.metrics,
             Tracing(self.settings.otel, tracer_provider),
@@ -240,7 +253,7 @@ class ImagesApp:
             return path
         if path.startswith(MODELS_PATH + "/") and len(path) > len(MODELS_PATH) + 1:
             return MODEL_PATH
-        return None
+        return self._jobs.route(path)
 
     @property
     def draining(self) -> bool:
@@ -291,6 +304,7 @@ class ImagesApp:
     async def aclose(self) -> None:
         """Drain, then release the providers' resources; the app can be used again afterwards."""
         await self.drain()
+        await self._jobs.aclose()
         self._inflight.reopen()
         service, self._service = self._service, None
         client, self._owned_client = self._owned_client, None
@@ -308,6 +322,7 @@ class ImagesApp:
     async def __aenter__(self) -> Self:
         """Create the resources now; leaving the block closes them (for a host's lifespan)."""
         _ = self.service
+        await self._jobs.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -365,22 +380,71 @@ class ImagesApp:
         if tracked.cut and not tracked.started:
             raise _shutting_down()
 
+    async def admit(self, scope: Scope, send: Send) -> tuple[GatewayKey | None, Send]:
+        """The caller's key and its rate limits (their headers added to ``send``): the cheap
+        refusals, before a byte of the body is read."""
+        key = self._keys.authenticate(scope)
+        if key is not None:
+            current_outcome().key = key.label
+            send = _with_headers(send, await enforce(self.limiter, key))
+        return key, send
+
+    def caller(self, scope: Scope) -> GatewayKey | None:
+        """The caller's key (no rate limit taken: reading a job's state is free)."""
+        key = self._keys.authenticate(scope)
+        if key is not None:
+            current_outcome().key = key.label
+        return key
+
+    def observe_job(self, scope: Scope, route: str, request_id: str) -> Outcome:
+        """The record of one job's run (its own access log line, method ``JOB``)."""
+        outcome = self._observer.start(scope, route, request_id)
+        outcome.method = "JOB"
+        return outcome
+
+    def finish_job(self, outcome: Outcome) -> None:
+        self._observer.finish(outcome)
+
+    def key_named(self, label: str | None) -> GatewayKey | None:
+        """The configured key labelled ``label`` (a job's owner); 401 if it is gone."""
+        return self._keys.by_label(label)
+
+    def plan(
+        self, request: ImageRequest, key: GatewayKey | None, scope: Scope | None = None
+    ) -> Plan:
+        """Plan ``request`` for ``key`` (with the client's own provider keys from ``scope``):
+        the model checks and the key's allow-list, as every image route does them."""
+        plan = self.service.plan(
+            request, keys=read_client_keys(scope) if scope else None, allow=allowed_models(key)
+        )
+        current_outcome().planned(plan.job)
+        authorize(key, plan.job.entry, request.n)
+        return plan
+
+    def answer(self, routed: Routed) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+        """A served generation's response body and headers (a job's ``result`` is the body)."""
+        outcome = current_outcome()
+        body = images_response(routed.job, routed.result)
+        headers = [
+            *routed.routing.headers(),
+            *cost_headers(outcome.served(routed.routing.fallback)),
+        ]
+        return body, headers
+
+    async def _read_generation(self, scope: Scope, receive: Receive) -> ImageRequest:
+        max_bytes = self.settings.max_body_bytes
+        check_body_headers(scope, max_bytes)
+        return parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
+
     async def _serve_generation(
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         outcome = current_outcome()
-        key = self._keys.authenticate(scope)  # cheap refusals before a byte of the body is read
-        if key is not None:
-            outcome.key = key.label
-            send = _with_headers(send, await enforce(self.limiter, key))
-        max_bytes = self.settings.max_body_bytes
-        check_body_headers(scope, max_bytes)
-        request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
-        service = self.service
-        plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
-        outcome.planned(plan.job)
-        authorize(key, plan.job.entry, request.n)
+        key, send = await self.admit(scope, send)
+        request = await self._read_generation(scope, receive)
+        plan = self.plan(request, key, scope)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
+        service = self.service
         if request.stream:
             dialect = stream_dialect(scope)
             await stream_generation(
@@ -391,11 +455,7 @@ class ImagesApp:
         if routed is None:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         else:
-            body = images_response(routed.job, routed.result)
-            headers = [
-                *routed.routing.headers(),
-                *cost_headers(outcome.served(routed.routing.fallback)),
-            ]
+            body, headers = self.answer(routed)
             outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
     def _visible_models(self, scope: Scope) -> list[ModelEntry]:
@@ -474,6 +534,7 @@ class ImagesApp:
                 self._starting = True
                 try:
                     _ = self.service
+                    await self._jobs.start()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

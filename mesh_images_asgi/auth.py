@@ -142,6 +142,15 @@ class KeyRing:
             raise Unauthorized("Invalid API key.", headers=_CHALLENGE)
         return found
 
+    def by_label(self, label: str | None) -> GatewayKey | None:
+        """The key labelled ``label`` (None for None); 401 ``unauthorized`` when none is."""
+        if label is None:
+            return None
+        for key in self._keys:
+            if key.label == label:
+                return key
+        raise Unauthorized("The API key that submitted this job is no longer configured.")
+
 
 def authorize(key: GatewayKey | None, entry: ModelEntry, n: int) -> None:
     """403 ``forbidden`` for a model the key may not use; 400 for more images than it may ask."""

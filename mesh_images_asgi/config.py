@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     """Gateway keys (``MESH_IMAGES_API_KEYS``, a JSON list, or ``[[keys]]`` tables in the TOML
     file). With none, nobody is asked for a key (see docs/security.md)."""
     redis_url: SecretStr | None = None
-    """Redis for rate-limit counters shared by every gateway process (``MESH_IMAGES_REDIS_URL``)."""
+    """Redis shared by every gateway process: rate-limit counters and async jobs
+    (``MESH_IMAGES_REDIS_URL``)."""
     rate_limit_fail_open: bool = True
     """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
     body_timeout: float = Field(default=30.0, gt=0)
@@ -121,6 +122,18 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     """Browser origins the standalone server answers CORS for (``MESH_IMAGES_CORS_ORIGINS``:
     comma-separated, or ``*``); none: no CORS headers (see ``cors.py``)."""
+
+    # Async jobs (docs/jobs.md): in the process, or in Redis with ``MESH_IMAGES_REDIS_URL``.
+    job_concurrency: int = Field(default=16, ge=1)
+    """Jobs one gateway process runs at the same time."""
+    job_queue_size: int = Field(default=1000, ge=1)
+    """Unfinished jobs (queued or running) the queue holds; past it, 503
+    ``provider_not_available`` with ``Retry-After``."""
+    job_lease: float = Field(default=60.0, gt=0)
+    """Seconds a job stays with a worker that stopped renewing its lease (Redis); then another
+    worker takes it up."""
+    job_ttl: float = Field(default=24 * 3600.0, gt=0)
+    """Seconds a job and its result are kept after submission."""
 
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(

@@ -133,6 +133,7 @@ class Outcome:
         "error",
         "fallback",
         "images",
+        "job",
         "key",
         "method",
         "model",
@@ -166,6 +167,8 @@ class Outcome:
         self.provider_code: str | None = None
         self.key: str | None = None
         """The gateway key's label (never the key)."""
+        self.job: str | None = None
+        """The async job's id, on its submission and its runs."""
         self.requested: str | None = None
         """The requested model's catalog id, once the request is planned."""
         self.model = ""
