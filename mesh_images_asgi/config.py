@@ -133,7 +133,9 @@ class Settings(BaseSettings):
     """Seconds a job stays with a worker that stopped renewing its lease (Redis); then another
     worker takes it up."""
     job_ttl: float = Field(default=24 * 3600.0, gt=0)
-    """Seconds a job and its result are kept after submission."""
+    """Seconds a job is kept after its submission, and its result after it finished."""
+    job_redis_prefix: str = Field(default="mesh-images:jobs", min_length=1)
+    """Prefix of the jobs' Redis keys: gateways sharing a prefix share their jobs."""
 
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(

@@ -20,6 +20,7 @@ def create_job_queue(settings: Settings) -> JobQueue:
             size=settings.job_queue_size,
             lease=settings.job_lease,
             ttl=settings.job_ttl,
+            prefix=settings.job_redis_prefix,
         )
     return MemoryJobQueue(
         concurrency=settings.job_concurrency, size=settings.job_queue_size, ttl=settings.job_ttl

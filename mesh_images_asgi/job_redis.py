@@ -9,7 +9,7 @@ small Lua script. ``arq`` has no lease to renew (a job outliving its fixed expir
 once) and ``saq``/``taskiq`` bring their own job records, states and worker processes, beside
 which we would still write ownership, first-result-wins and our ``image.job`` states.
 
-Keys (``mesh-images:jobs`` prefix): ``:stream`` (entries ``job=<id>``, group ``workers``; an
+Keys (prefix ``MESH_IMAGES_JOB_REDIS_PREFIX``, by default ``mesh-images:jobs``): ``:stream`` (entries ``job=<id>``, group ``workers``; an
 entry is deleted once acknowledged, so the stream's length is the unfinished jobs), and
 ``:job:<id>``, a hash of ``status``, ``record`` (``JobRecord`` JSON) and, until it finishes,
 ``payload``; it expires ``MESH_IMAGES_JOB_TTL`` after submission, and again after finishing.
@@ -35,7 +35,6 @@ __all__ = ["RedisJobQueue"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
-_PREFIX = "mesh-images:jobs"
 _GROUP = "workers"
 _CANCEL_POLL = 0.2
 """Seconds between a running job's looks at its status (a DELETE on any replica cancels it)."""
@@ -91,7 +90,16 @@ def _unreachable() -> ProviderNotAvailable:
 class RedisJobQueue:
     """The Redis ``JobQueue``; see the module docstring."""
 
-    def __init__(self, url: str, *, concurrency: int, size: int, lease: float, ttl: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int,
+        size: int,
+        lease: float,
+        ttl: float,
+        prefix: str = "mesh-images:jobs",
+    ) -> None:
         from redis.exceptions import RedisError
 
         self._client = _redis_client(url)
@@ -99,7 +107,8 @@ class RedisJobQueue:
         self._size = size
         self._lease = lease
         self._ttl = max(1, int(ttl))
-        self._stream = f"{_PREFIX}:stream"
+        self._prefix = prefix
+        self._stream = f"{prefix}:stream"
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._submit = self._client.register_script(_SUBMIT)
         self._start = self._client.register_script(_START)
@@ -112,7 +121,7 @@ class RedisJobQueue:
         self._depth_at = 0.0
 
     def _key(self, job_id: str) -> str:
-        return f"{_PREFIX}:job:{job_id}"
+        return f"{self._prefix}:job:{job_id}"
 
     def depth(self) -> int:
         return self._depth
