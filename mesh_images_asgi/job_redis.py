@@ -9,10 +9,11 @@ small Lua script. ``arq`` has no lease to renew (a job outliving its fixed expir
 once) and ``saq``/``taskiq`` bring their own job records, states and worker processes, beside
 which we would still write ownership, first-result-wins and our ``image.job`` states.
 
-Keys (prefix ``MESH_IMAGES_JOB_REDIS_PREFIX``, by default ``mesh-images:jobs``): ``:stream`` (entries ``job=<id>``, group ``workers``; an
-entry is deleted once acknowledged, so the stream's length is the unfinished jobs), and
-``:job:<id>``, a hash of ``status``, ``record`` (``JobRecord`` JSON) and, until it finishes,
-``payload``; it expires ``MESH_IMAGES_JOB_TTL`` after submission, and again after finishing.
+Keys under ``MESH_IMAGES_JOB_REDIS_PREFIX`` (default ``mesh-images:jobs``): ``:stream`` (entries
+``job=<id>``, group ``workers``; an entry is deleted once acknowledged, so the stream's length is
+the unfinished jobs), and ``:job:<id>``, a hash of ``status``, ``record`` (``JobRecord`` JSON)
+and, until it finishes, ``payload``; it expires ``MESH_IMAGES_JOB_TTL`` after submission, and
+again after finishing.
 """
 
 from __future__ import annotations
