@@ -51,6 +51,7 @@ class MemoryJobQueue:
         self._waiting: asyncio.Queue[str] = asyncio.Queue()
         self._running: dict[str, asyncio.Task[JobOutcome]] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._next_purge = 0.0
 
     def depth(self) -> int:
         return self._waiting.qsize()
@@ -65,7 +66,9 @@ class MemoryJobQueue:
         self._waiting.put_nowait(record.id)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        self._purge()
+        expires = self._expires.get(job_id)
+        if expires is not None and expires <= self._clock():
+            self._forget(job_id)
         return self._records.get(job_id)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
@@ -95,13 +98,20 @@ class MemoryJobQueue:
                 await worker
 
     def _purge(self) -> None:
+        """Forget expired jobs (a sweep at most once a second: polls must stay O(1))."""
         now = self._clock()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + 1
         for job_id in [job_id for job_id, at in self._expires.items() if at <= now]:
-            task = self._running.pop(job_id, None)
-            if task is not None:
-                task.cancel()
-            del self._expires[job_id], self._records[job_id]
-            self._payloads.pop(job_id, None)
+            self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        task = self._running.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        del self._expires[job_id], self._records[job_id]
+        self._payloads.pop(job_id, None)
 
     def _finish(
         self, record: JobRecord, status: JobStatus, body: dict[str, Any] | None = None
