@@ -404,7 +404,7 @@ class ImagesApp:
         entries = self.service.enabled_models()
         if key is not None:
             current_outcome().key = key.label
-            entries = [entry for entry in entries if key.allows(entry.id, entry.aliases)]
+            entries = [entry for entry in entries if key.allows(entry)]
         return entries
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "KeyRing",
     "allowed_models",
     "authorize",
+    "forbidden_model",
     "hash_key",
     "new_key",
 ]
@@ -83,9 +84,12 @@ class GatewayKey(BaseModel):
     def digest(self) -> bytes:
         return bytes.fromhex(self.hash)
 
-    def allows(self, model_id: str, aliases: Sequence[str] = ()) -> bool:
-        """Whether a pattern matches the model's id or one of its (catalog) aliases."""
-        names = (model_id, *aliases)
+    def allows(self, entry: ModelEntry) -> bool:
+        """Whether a pattern matches the (resolved) model: its canonical id, or one of its
+        aliases that names the model's own provider. An alias naming another provider
+        (``aliases = ["local/fast"]`` on an OpenAI model) never lets a ``local/*`` key in."""
+        own = entry.provider + "/"
+        names = (entry.id, *(alias for alias in entry.aliases if alias.startswith(own)))
         return any(fnmatchcase(name, pattern) for pattern in self.models for name in names)
 
 
@@ -143,12 +147,17 @@ class KeyRing:
         return found
 
 
+def forbidden_model(entry: ModelEntry) -> Forbidden:
+    """The 403 for a model the caller's key may not use."""
+    return Forbidden(f"This API key may not use model {entry.id!r}.", param="model")
+
+
 def authorize(key: GatewayKey | None, entry: ModelEntry, n: int) -> None:
     """403 ``forbidden`` for a model the key may not use; 400 for more images than it may ask."""
     if key is None:
         return
-    if not key.allows(entry.id, entry.aliases):
-        raise Forbidden(f"This API key may not use model {entry.id!r}.", param="model")
+    if not key.allows(entry):
+        raise forbidden_model(entry)
     if key.max_n is not None and n > key.max_n:
         raise InvalidRequest(
             f"This API key may ask for at most {key.max_n} image(s) per request (n).", param="n"
@@ -159,4 +168,4 @@ def allowed_models(key: GatewayKey | None) -> Callable[[ModelEntry], bool] | Non
     """The test of the models ``key`` may use (for fallbacks); None when every model is."""
     if key is None:
         return None
-    return lambda entry: key.allows(entry.id, entry.aliases)
+    return key.allows

@@ -285,3 +285,27 @@ def test_serve_binds_beyond_loopback_only_with_keys_or_insecure_no_auth(
         message = capsys.readouterr().err
         assert f"refusing to serve on {host} with no gateway keys" in message
         assert "--insecure-no-auth" in message
+
+
+@pytest.mark.anyio
+async def test_a_model_the_key_may_not_use_is_403_before_anything_is_said_about_it() -> None:
+    # An alias naming another provider must not pass for that provider's model.
+    spoof = {"openai/gpt-image-1.5": {"aliases": ["local/fast"]}}
+    keys = [entry(KEY, models=["local/*"])]
+    async with app_client(api_keys=keys, models=spoof, openai_api_key="sk-test-0000") as client:
+        answers = [
+            await client.post(GEN, json={"prompt": "fox", **fields}, headers=bearer(KEY))
+            for fields in (
+                {"model": "vertex/imagen-4", "size": "7x7"},  # a size check would name its sizes
+                {"model": "vertex/imagen-4", "quality": "hd"},  # capabilities: 400
+                {"model": "vertex/imagen-4"},  # provider not configured: 501
+                {"model": "local/fast"},  # the alias resolves to an OpenAI model
+            )
+        ]
+        listed = await client.get("/v1/models", headers=bearer(KEY))
+    for answer in answers:
+        error = assert_envelope(answer, 403, "forbidden")
+        assert error["param"] == "model"
+        assert "sizes" not in error["message"]
+    assert "gpt-image-1.5" in answers[-1].json()["error"]["message"]
+    assert all(model["id"].startswith("local/") for model in listed.json()["data"])

@@ -20,6 +20,7 @@ from tests.support.live import serve
 from tests.test_app import assert_envelope
 
 GEN = "/v1/images/generations"
+LOCAL = {"provider": "local", "upstream": "sketch", "sizes": ["256x256"], "max_n": 4}
 CANARY = WATCH.secret("prompt-canary-7Q2ZK")  # a prompt must never reach a log line
 
 
@@ -169,3 +170,49 @@ async def test_the_prompt_never_reaches_a_header_or_an_error_message() -> None:
         assert CANARY not in json.dumps(list(answer.headers.items()))
         if answer.status_code != 200:
             assert CANARY not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        (b'{"prompt": "fox", "guidance_scale": NaN}', ["body", "guidance_scale"]),
+        (b'{"prompt": "fox", "strength": Infinity}', ["body", "strength"]),
+        (b'{"prompt": "fox", "options": {"scale": -Infinity}}', ["body", "options", "scale"]),
+        (b'{"prompt": "fox", "weights": [1.0, 1e400]}', ["body", "weights", 1]),
+    ],
+)
+@pytest.mark.anyio
+async def test_non_finite_numbers_are_422_wherever_they_are(body: bytes, loc: list[Any]) -> None:
+    # Unknown fields go to OpenAI untouched: a NaN would reach it as null.
+    async with app_client() as client:
+        response = await client.post(
+            GEN,
+            content=body.replace(b"{", b'{"model": "openai/gpt-image-2", ', 1),
+            headers={"content-type": "application/json"},
+        )
+    error = assert_envelope(response, 422, "validation_error")
+    assert {"loc": loc, "msg": "Input should be a finite number", "type": "finite_number"} in [
+        {key: detail[key] for key in ("loc", "msg", "type")} for detail in error["details"]
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_quality_outside_the_contract_is_422_and_one_the_model_lacks_is_400() -> None:
+    async with app_client(models={"local/fine": {**LOCAL, "qualities": ["auto", "ultra"]}}) as c:
+        unknown = await c.post(GEN, json={"prompt": "fox", "quality": "superb"})  # no model even
+        lacking = await c.post(
+            GEN, json={"prompt": "fox", "model": "vertex/imagen-3", "quality": "hd"}
+        )
+        catalog_value = await c.post(
+            GEN, json={"prompt": "fox", "model": "local/sketch", "quality": "ultra"}
+        )
+        served = await c.post(
+            GEN,
+            json={"prompt": "fox", "model": "local/fine", "quality": "ultra", "size": "256x256"},
+        )
+    error = assert_envelope(unknown, 422, "validation_error")
+    assert error["details"][0]["loc"] == ["body", "quality"]
+    assert assert_envelope(lacking, 400, "invalid_request")["param"] == "quality"
+    # A value a catalog entry adds is the contract's too: the model that lacks it says 400.
+    assert assert_envelope(catalog_value, 400, "invalid_request")["param"] == "quality"
+    assert served.status_code == 200, served.text

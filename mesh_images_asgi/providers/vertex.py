@@ -198,13 +198,13 @@ class VertexProvider:
         await self._auth.aclose()
 
 
-_PROJECT = re.compile(r"^[a-z0-9][a-z0-9.:-]{0,99}$")
-_REGION = re.compile(r"^[a-z]+[a-z0-9-]{0,39}$")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")  # fullmatch: no "$" letting "\n" by
+_REGION = re.compile(r"[a-z]+[a-z0-9-]{0,39}")
 _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "project_id")
 
 
 def _plain_region(region: Any) -> bool:
-    return region is None or (isinstance(region, str) and _REGION.match(region) is not None)
+    return region is None or (isinstance(region, str) and _REGION.fullmatch(region) is not None)
 
 
 def client_credentials(raw: str) -> str | dict[str, Any]:
@@ -231,7 +231,7 @@ def client_credentials(raw: str) -> str | dict[str, Any]:
             problem = 'its "type" is not "service_account"'
         elif not all(isinstance(info.get(name), str) for name in _SERVICE_ACCOUNT_FIELDS):
             problem = "it lacks " + " or ".join(_SERVICE_ACCOUNT_FIELDS)
-        elif not _PROJECT.match(info["project_id"]):
+        elif not _PROJECT.fullmatch(info["project_id"]):
             problem = "its project_id is not a project id"
         elif not _plain_region(info.get("region")):
             problem = "its region is not a region name"

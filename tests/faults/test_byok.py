@@ -4,6 +4,7 @@ here is watched for in every log line of the run (``tests.support.leaks``)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -114,5 +115,17 @@ def test_a_malformed_service_account_is_400_before_any_upstream_call(
         headers={"X-Vertex-Credentials": '{"type": "user"}'},
     )
     assert response.status_code == 400
+    assert error_of(response)["param"] == "X-Vertex-Credentials"
+    assert upstreams.vertex.requests == []
+
+
+def test_a_service_account_whose_project_ends_in_a_newline_is_400_not_a_500(
+    gateway: Gateway, upstreams: Upstreams
+) -> None:
+    info = {**json.loads(upstreams.client_key_file.read_text()), "project_id": "proj\n"}  # type: ignore[union-attr]
+    response = gateway.post(
+        {"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": json.dumps(info)}
+    )
+    assert response.status_code == 400, response.text
     assert error_of(response)["param"] == "X-Vertex-Credentials"
     assert upstreams.vertex.requests == []
