@@ -18,7 +18,7 @@ import orjson
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
-from .auth import KeyRing, allowed_models, authorize
+from .auth import ADMIN, KeyRing, allowed_models, authorize, require_scope
 from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
 from .catalog import Catalog, ModelEntry, load_catalog
@@ -165,7 +165,8 @@ class ImagesApp:
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
-    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
+    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
+    ``admin`` scope) asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -455,8 +456,8 @@ class ImagesApp:
         await _send_json(send, 200, {"status": "ready"}, request_id)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        if self.settings.metrics_auth:
-            self._keys.authenticate(scope)
+        if self.settings.metrics_auth:  # every tenant's series: for an admin only
+            require_scope(self._keys.authenticate(scope), ADMIN)
         body, content_type = self.metrics.exposition(
             (get_header(scope, b"accept") or b"").decode("latin-1")
         )

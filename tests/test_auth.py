@@ -240,6 +240,11 @@ async def test_keys_create_prints_a_working_key_once_and_its_config(
     assert f'[[keys]]\nhash = "{hash_key(shown)}"\nlabel = "ops"\nmax_n = 2' in text
     assert main(["keys", "create", "--label", "bad label"]) == 2
 
+    assert main(["keys", "create", "--label", "ops", "--scope", "admin", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entry"]["scopes"] == ["admin"]
+    with pytest.raises(ValueError, match="scopes"):
+        GatewayKey.model_validate({**entry(KEY), "scopes": ["root"]})
+
 
 def test_keys_hash_reads_the_key_from_standard_input(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
