@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     vertex_token_uri: str = "https://oauth2.googleapis.com/token"
     """Where tokens for clients' own Vertex service accounts are minted (their ``token_uri`` is
     ignored, so a client cannot make the gateway call an address of its choosing)."""
+    client_key_threads: int = Field(default=4, ge=1)
+    """Worker threads that load the service-account keys clients bring (BYOK) and mint their
+    tokens, at most; more such requests wait for one (the event loop never does)."""
     drain_timeout: float = Field(default=30.0, ge=0)
     """At shutdown, seconds in-flight generations may take to finish before they are cut."""
     config: Path | None = None
