@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     retired_models: Literal["refuse", "replace", "serve"] = "refuse"
     """A request for a retired model: 410 ``model_retired`` (refuse), served by its replacement
     (replace), or sent to the retired upstream id anyway (serve); see ``lifecycle.py``."""
+    local_render_threads: int | None = Field(default=None, ge=1)
+    """Generations the ``local`` provider renders at once, each in a thread (None: one per core)."""
+    local_render_queue: int = Field(default=64, ge=0)
+    """Generations that may wait to render; beyond them, 503 ``provider_not_available``."""
 
     # Resilience (docs/resilience.md): retries, fallbacks, breaker, bulkhead, BYOK, drain.
     max_attempts: int = Field(default=4, ge=1)
@@ -86,7 +90,8 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(default=30.0, gt=0)
     """Seconds an open circuit refuses calls before one probe is let through."""
     bulkhead_limit: int = Field(default=128, ge=1)
-    """Concurrent upstream calls per provider (the embedded ``local`` renderer is exempt)."""
+    """Concurrent upstream calls per provider (the embedded ``local`` renderer has its own bound:
+    ``local_render_threads``)."""
     bulkhead_queue: int = Field(default=512, ge=0)
     """Calls that may wait for a provider's slot; beyond them, 503 ``provider_not_available``."""
     byok_fallback: bool = True

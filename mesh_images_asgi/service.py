@@ -31,7 +31,8 @@ __all__ = ["UNBOUNDED_PROVIDERS", "ImageService"]
 logger = logging.getLogger("mesh_images_asgi")
 
 UNBOUNDED_PROVIDERS = frozenset({"local"})
-"""Providers without a bulkhead: the embedded renderer has no upstream to protect."""
+"""Providers without an upstream bulkhead: the embedded renderer has no upstream to protect (its
+CPU work has its own bound, in ``providers/local.py``)."""
 
 
 class ImageService:
