@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from typing import Any
 
@@ -12,8 +13,15 @@ import anyio
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._asgi import Message
+from mesh_images_asgi._asgi import Message, Receive, Scope, Send
+from mesh_images_asgi.providers.base import (
+    GeneratedImage,
+    GenerationJob,
+    PartialSink,
+    ProviderResult,
+)
 from mesh_images_asgi.schemas import MAX_DEPTH, MAX_STRING_CHARS
+from mesh_images_asgi.sse import FRAME_PIECE
 from tests.helpers import app_client
 from tests.support.leaks import WATCH
 from tests.support.live import serve
@@ -216,3 +224,57 @@ async def test_a_quality_outside_the_contract_is_422_and_one_the_model_lacks_is_
     # A value a catalog entry adds is the contract's too: the model that lacks it says 400.
     assert assert_envelope(catalog_value, 400, "invalid_request")["param"] == "quality"
     assert served.status_code == 200, served.text
+
+
+class BigImage:
+    """A provider answering one image of ``size`` bytes of base64 at once."""
+
+    name = "local"
+
+    def __init__(self, size: int) -> None:
+        self.b64 = "A" * size
+
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
+        image = GeneratedImage(b64_json=self.b64)
+        return ProviderResult(images=[image], created=1, output_format="png")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_stream_whose_client_never_reads_strands_at_most_one_piece_of_a_frame() -> None:
+    image = 12 * 1024 * 1024  # more than loopback's socket buffers take
+    handed: list[int] = []
+    finished = threading.Event()
+    settings = Settings(send_timeout=0.5, keepalive_interval=30, local_latency=0)
+    app = ImagesApp(settings, providers={"local": BigImage(image)})
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                handed.append(len(message["body"]))
+            await send(message)
+
+        try:
+            await app(scope, receive, counting_send)
+        finally:
+            if scope["type"] == "http":
+                finished.set()
+
+    body = json.dumps({"model": "local/sketch", "prompt": "fox", "stream": True}).encode()
+    with serve(recording) as url, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = url.removeprefix("http://").split(":")
+        client.connect((host, int(port)))
+        client.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )  # and never reads a byte
+        assert finished.wait(30), "the stream did not end at its send timeout"
+    # Each send hands the server at most one piece: what it buffers for a reader that stopped.
+    assert max(handed) <= FRAME_PIECE
+    assert sum(handed) < image  # most of the image was never handed over
