@@ -277,6 +277,8 @@ class ImagesApp:
             self._limiter = create_limiter(
                 url.get_secret_value() if url is not None else None,
                 fail_open=self.settings.rate_limit_fail_open,
+                max_connections=self.settings.redis_max_connections,
+                pool_timeout=self.settings.redis_pool_timeout,
             )
         return self._limiter
 

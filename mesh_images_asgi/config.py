@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     file). With none, nobody is asked for a key (see docs/security.md)."""
     redis_url: SecretStr | None = None
     """Redis for rate-limit counters shared by every gateway process (``MESH_IMAGES_REDIS_URL``)."""
+    redis_max_connections: int = Field(default=50, ge=1)
+    """Connections each gateway process opens to Redis, at most; under a burst, requests wait
+    for one (``redis_pool_timeout``) instead of taking the burst for an outage."""
+    redis_pool_timeout: float = Field(default=2.0, gt=0)
+    """Seconds a request waits for a Redis connection; past it, 503 ``service_unavailable``."""
     rate_limit_fail_open: bool = True
     """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
     body_timeout: float = Field(default=30.0, gt=0)
