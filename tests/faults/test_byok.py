@@ -164,8 +164,9 @@ def oversized_rsa_pem(bits: int = 15_360) -> str:
         except ValueError:
             continue
         break
-    d = secrets.randbits(bits - 1) | 1
-    public = rsa.RSAPublicNumbers(65537, p * q)
+    n = p * q
+    d = secrets.randbelow(n - 2) | 1  # below the modulus, as the encoding asks
+    public = rsa.RSAPublicNumbers(65537, n)
     numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), iqmp, public)
     return _pem(numbers.private_key(unsafe_skip_rsa_key_validation=True))
 
