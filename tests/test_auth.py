@@ -301,9 +301,10 @@ async def test_a_model_the_key_may_not_use_is_403_before_anything_is_said_about_
         answers = [
             await client.post(GEN, json={"prompt": "fox", **fields}, headers=bearer(KEY))
             for fields in (
-                {"model": "vertex/imagen-4", "size": "7x7"},  # a size check would name its sizes
-                {"model": "vertex/imagen-4", "quality": "hd"},  # capabilities: 400
-                {"model": "vertex/imagen-4"},  # provider not configured: 501
+                {"model": "vertex/nano-banana-2", "size": "7x7"},  # a size check names sizes
+                {"model": "vertex/nano-banana-2", "quality": "hd"},  # capabilities: 400
+                {"model": "vertex/nano-banana-2"},  # provider not configured: 501
+                {"model": "vertex/imagen-4"},  # retired: 410
                 {"model": "local/fast"},  # the alias resolves to an OpenAI model
             )
         ]

@@ -209,7 +209,7 @@ async def test_a_quality_outside_the_contract_is_422_and_one_the_model_lacks_is_
     async with app_client(models={"local/fine": {**LOCAL, "qualities": ["auto", "ultra"]}}) as c:
         unknown = await c.post(GEN, json={"prompt": "fox", "quality": "superb"})  # no model even
         lacking = await c.post(
-            GEN, json={"prompt": "fox", "model": "vertex/imagen-3", "quality": "hd"}
+            GEN, json={"prompt": "fox", "model": "vertex/nano-banana-2", "quality": "hd"}
         )
         catalog_value = await c.post(
             GEN, json={"prompt": "fox", "model": "local/sketch", "quality": "ultra"}

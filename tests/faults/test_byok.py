@@ -136,7 +136,8 @@ def test_a_service_account_whose_project_ends_in_a_newline_is_400_not_a_500(
 ) -> None:
     info = {**json.loads(upstreams.client_key_file.read_text()), "project_id": "proj\n"}  # type: ignore[union-attr]
     response = gateway.post(
-        {"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": json.dumps(info)}
+        {"model": "vertex/gemini-3.1-flash-image"},
+        headers={"X-Vertex-Credentials": json.dumps(info)},
     )
     assert response.status_code == 400, response.text
     assert error_of(response)["param"] == "X-Vertex-Credentials"
@@ -205,7 +206,8 @@ def test_a_client_key_that_is_not_a_small_rsa_key_is_the_auth_failure_and_never_
     calls = upstreams.oauth.calls
     with make_gateway(byok_fallback=False) as gw:
         refused = gw.post(
-            {"model": "vertex/imagen-3"}, headers={"X-Vertex-Credentials": credentials}
+            {"model": "vertex/gemini-3.1-flash-image"},
+            headers={"X-Vertex-Credentials": credentials},
         )
     error = error_of(refused)
     assert refused.status_code == 401, refused.text
@@ -240,7 +242,7 @@ def test_client_keys_load_off_the_event_loop_a_bounded_number_at_once(
                 pool.submit(
                     httpx.post,
                     url + "/v1/images/generations",
-                    json={"prompt": "fox", "model": "vertex/imagen-3"},
+                    json={"prompt": "fox", "model": "vertex/gemini-3.1-flash-image"},
                     headers={"X-Vertex-Credentials": credentials},
                     timeout=30,
                 )
