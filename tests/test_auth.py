@@ -315,3 +315,14 @@ async def test_a_model_the_key_may_not_use_is_403_before_anything_is_said_about_
         assert "sizes" not in error["message"]
     assert "gpt-image-1.5" in answers[-1].json()["error"]["message"]
     assert all(model["id"].startswith("local/") for model in listed.json()["data"])
+
+
+@pytest.mark.anyio
+async def test_a_retired_models_replacement_must_be_allowed_too() -> None:
+    keys = [entry(KEY, models=["vertex/imagen-4*"])]
+    async with app_client(api_keys=keys, retired_models="replace") as client:
+        answer = await client.post(
+            GEN, json={"prompt": "fox", "model": "vertex/imagen-4"}, headers=bearer(KEY)
+        )
+    error = assert_envelope(answer, 403, "forbidden")
+    assert "imagen" not in error["message"]  # it names the replacement, which the key may not use
