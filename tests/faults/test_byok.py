@@ -234,7 +234,9 @@ def test_client_keys_load_off_the_event_loop_a_bounded_number_at_once(
         return load(*args)
 
     monkeypatch.setattr(vertex_auth, "_client_credentials", slow_load)
-    app = ImagesApp(upstreams.settings(client_key_threads=2), health=True)
+    # A deadline long enough for the test to look while the keys load (it only catches hangs).
+    settings = upstreams.settings(client_key_threads=2, upstream_timeout=30)
+    app = ImagesApp(settings, health=True)
     credentials = upstreams.client_service_account()
     with serve(app) as url, ThreadPoolExecutor(3) as pool:
         try:
