@@ -36,6 +36,7 @@ from .errors import (
     ProviderNotAvailable,
     ServiceUnavailable,
 )
+from .hosted import request_base, serve_hosted
 from .inflight import InFlight
 from .lifecycle import deprecation_headers
 from .metrics import Metrics
@@ -52,6 +53,8 @@ from .responses import images_response
 from .schemas import parse_request
 from .service import ImageService
 from .sse import stream_generation
+from .store import REQUEST_BASE, ImageStore, Publisher, create_store
+from .store_embedded import HOSTED_PREFIX, EmbeddedStore
 from .tracing import Tracing
 from .transport import HttpxUpstream, UpstreamClient
 from .upstream import create_upstream_client
@@ -59,7 +62,7 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
+__all__ = ["GENERATIONS_PATH", "HOSTED_ROUTE", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
@@ -70,6 +73,8 @@ MODEL_PATH = "/v1/models/{model}"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
+"""The embedded image store's images (the route's name in metrics and logs)."""
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
 _JSON = b"application/json"
@@ -115,7 +120,8 @@ def _without_body(send: Send) -> Send:
 
 def _register_secrets(settings: Settings) -> None:
     install_log_redaction()
-    for secret in (settings.openai_api_key, settings.vertex_api_key, settings.redis_url):
+    secrets = (settings.openai_api_key, settings.vertex_api_key, settings.redis_url)
+    for secret in (*secrets, settings.store_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
 
@@ -163,6 +169,9 @@ class ImagesApp:
       standalone server does; see ``cors.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
+    * **store** - the image store for ``url`` answers; by default the one ``MESH_IMAGES_STORE``
+      names (``docs/image-store.md``). An ``EmbeddedStore`` is served on
+      ``GET /v1/images/hosted/{name}``.
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
     ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
@@ -188,6 +197,7 @@ class ImagesApp:
         metrics_route: bool = False,
         cors: bool = False,
         tracer_provider: TracerProvider | None = None,
+        store: ImageStore | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         _register_secrets(self.settings)
@@ -200,11 +210,19 @@ class ImagesApp:
         self._owned_client: UpstreamClient | None = None
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
+        self._store = store
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
             MODEL_PATH: {"GET": ImagesApp._model},
         }
+        self._hosting = (
+            isinstance(store, EmbeddedStore)
+            if store is not None
+            else self.settings.store == "embedded"
+        )
+        if self._hosting:
+            self._routes[HOSTED_ROUTE] = {"GET": ImagesApp._hosted, "HEAD": ImagesApp._hosted}
         if health:
             self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
             self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
@@ -241,6 +259,8 @@ class ImagesApp:
             return path
         if path.startswith(MODELS_PATH + "/") and len(path) > len(MODELS_PATH) + 1:
             return MODEL_PATH
+        if self._hosting and path.startswith(HOSTED_PREFIX):
+            return HOSTED_ROUTE
         return None
 
     @property
@@ -264,7 +284,13 @@ class ImagesApp:
                 else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)
-            self._service = ImageService(self.settings, catalog, providers)
+            store = self._store if self._store is not None else create_store(self.settings)
+            publisher = (
+                Publisher(store, self.settings.url_ttl, self.settings.public_url)
+                if store is not None
+                else None
+            )
+            self._service = ImageService(self.settings, catalog, providers, publisher)
             self._service.log_enabled()
             self._loop_guard = LoopGuard.for_running_loop(self.aclose)
         return self._service
@@ -380,6 +406,9 @@ class ImagesApp:
         check_body_headers(scope, max_bytes)
         request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
         service = self.service
+        publisher = service.publisher
+        if publisher is not None and publisher.needs_request_base:
+            REQUEST_BASE.set(request_base(scope))  # read by the publisher, in this task's context
         plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
         outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
@@ -469,6 +498,14 @@ class ImagesApp:
         headers = [(b"x-request-id", request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
         current_outcome().bytes = len(self._openapi_body)
+
+    async def _hosted(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        publisher = self.service.publisher
+        store = publisher.store if publisher is not None else None
+        if not isinstance(store, EmbeddedStore):
+            raise NotFound(f"No route for {scope['path']!r}.")
+        path = route_path(scope)
+        current_outcome().bytes = await serve_hosted(store, path, scope, receive, send, request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

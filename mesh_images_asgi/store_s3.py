@@ -1,0 +1,80 @@
+"""The S3 image store (``MESH_IMAGES_STORE=s3://bucket/prefix``): any S3-compatible bucket (AWS
+S3, Cloudflare R2, MinIO, GCS's S3 API), through ``obstore`` (the ``s3`` extra).
+
+Each image is the object ``{prefix}/{id}.{ext}`` (``id``: 128 random bits), written with its
+``Content-Type``, a ``Cache-Control`` running out with the URL, and the tags
+``mesh-images=hosted`` and ``mesh-images-expires={unix seconds}``, so that a bucket lifecycle rule
+can delete it (docs/image-store.md). The URL handed out is presigned (SigV4 query string) for
+``GET`` until the expiry. Credentials, endpoint and region come from the standard variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``,
+``AWS_REGION``), read by obstore; an ``http://`` endpoint (a local MinIO) is allowed as such.
+
+Why obstore rather than aioboto3: obstore is one compiled wheel with no Python dependencies
+(aioboto3 brings boto3, botocore, aiobotocore and aiohttp, some 25 MB installed), its calls run
+in Rust's tokio outside our event loop (no per-request Python work for signing and HTTP), and it
+presigns with the same credentials as a plain function (``sign_async``) where aioboto3 needs a
+client context. What we give up: boto's configuration files (``~/.aws/config`` profiles); the
+environment variables cover the set-ups this gateway targets.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import obstore
+from obstore.store import S3Store as _Bucket
+
+from .store import EXTENSIONS
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, S3Config
+
+__all__ = ["S3Store"]
+
+
+class S3Store:
+    """Images as objects under ``prefix`` in ``bucket``, linked by presigned URLs."""
+
+    def __init__(
+        self, bucket: _Bucket, prefix: str, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._clock = clock
+
+    @classmethod
+    def from_url(cls, url: str, config: S3Config | None = None) -> S3Store:
+        """``s3://bucket/prefix``; the rest from the AWS environment variables, which ``config``
+        (obstore's S3 configuration) overrides."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        endpoint = (config or {}).get("endpoint") or os.environ.get("AWS_ENDPOINT_URL") or ""
+        options: ClientConfig | None = (
+            {"allow_http": True} if endpoint.startswith("http://") else None
+        )
+        return cls(_Bucket(bucket, config=config, client_options=options), prefix)
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}/{name}" if self._prefix else name
+
+    async def put(self, data: bytes, content_type: str, expires: int, base: str) -> str:
+        key = self.key(f"{secrets.token_hex(16)}.{EXTENSIONS.get(content_type, 'bin')}")
+        lifetime = max(1, expires - int(self._clock()))
+        await obstore.put_async(
+            self._bucket,
+            key,
+            data,
+            attributes={
+                "Content-Type": content_type,
+                "Cache-Control": f"public, max-age={lifetime}, immutable",
+            },
+            tags={"mesh-images": "hosted", "mesh-images-expires": str(expires)},
+        )
+        return await obstore.sign_async(self._bucket, "GET", key, timedelta(seconds=lifetime))
+
+    async def aclose(self) -> None:
+        """Nothing to release: obstore's client closes with the store object."""
