@@ -28,8 +28,13 @@ __all__ = ["request_base", "serve_hosted"]
 
 
 def request_base(scope: Scope) -> str:
-    """``scheme://host/root_path/``, as ``url_for`` would start a URL."""
-    return str(Request(scope).base_url)
+    """``scheme://host/root_path/``: Starlette's ``base_url``, with our mount point as its root.
+
+    (Starlette starts at ``app_root_path``, the host's own root, because ``url_for`` then adds
+    the mount prefixes from its route table; ours is not in that table, so our base is
+    ``root_path``, which includes them.)
+    """
+    return str(Request({**scope, "app_root_path": scope.get("root_path", "")}).base_url)
 
 
 async def serve_hosted(

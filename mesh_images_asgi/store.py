@@ -2,7 +2,7 @@
 
 ::
 
-    ImageStore          put(bytes, content type, expiry, public base) -> URL; aclose()
+    ImageStore          put(bytes, content type, time to live, public base) -> URL; aclose()
      ├── EmbeddedStore  files in a directory, served by the gateway, HMAC-signed URLs
      │                  (store_embedded.py; the HTTP side is hosted.py)
      └── S3Store        any S3-compatible bucket, presigned URLs (store_s3.py, the ``s3`` extra)
@@ -19,8 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
@@ -56,9 +55,9 @@ stores that link to the gateway itself."""
 class ImageStore(Protocol):
     """Keeps image bytes until an expiry and hands out a URL that fetches them until then."""
 
-    async def put(self, data: bytes, content_type: str, expires: int, base: str) -> str:
-        """Store ``data``; return a URL valid until ``expires`` (Unix seconds). ``base`` is the
-        gateway's public base URL (ending in ``/``), for stores that serve through it."""
+    async def put(self, data: bytes, content_type: str, ttl: int, base: str) -> str:
+        """Store ``data``; return a URL valid for ``ttl`` seconds (by the store's clock).
+        ``base`` is the gateway's public base URL (ending in ``/``), for stores served by it."""
         ...
 
     async def aclose(self) -> None:
@@ -94,17 +93,10 @@ class Publisher:
     ``public_url`` replaces the request's own base (``REQUEST_BASE``) in the store's links.
     """
 
-    def __init__(
-        self,
-        store: ImageStore,
-        ttl: int,
-        public_url: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, store: ImageStore, ttl: int, public_url: str | None = None) -> None:
         self.store = store
         self._ttl = ttl
         self._public_url = public_url.rstrip("/") + "/" if public_url else None
-        self._clock = clock
 
     @property
     def needs_request_base(self) -> bool:
@@ -120,19 +112,16 @@ class Publisher:
         result = routed.result
         fmt = result.output_format or routed.job.output_format
         content_type = CONTENT_TYPES.get(fmt, "application/octet-stream")
-        expires = int(self._clock()) + self._ttl
         base = self._public_url or REQUEST_BASE.get()
-        images = [await self._host(image, content_type, expires, base) for image in result.images]
+        images = [await self._host(image, content_type, base) for image in result.images]
         return replace(routed, result=replace(result, images=images))
 
-    async def _host(
-        self, image: GeneratedImage, content_type: str, expires: int, base: str
-    ) -> GeneratedImage:
+    async def _host(self, image: GeneratedImage, content_type: str, base: str) -> GeneratedImage:
         if image.b64_json is None:
             return image
         data = base64.b64decode(image.b64_json)
         try:
-            url = await self.store.put(data, content_type, expires, base)
+            url = await self.store.put(data, content_type, self._ttl, base)
         except GatewayError:
             raise
         except Exception as exc:

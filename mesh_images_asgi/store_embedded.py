@@ -172,7 +172,7 @@ class EmbeddedStore:
         digest = hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    async def put(self, data: bytes, content_type: str, expires: int, base: str) -> str:
+    async def put(self, data: bytes, content_type: str, ttl: int, base: str) -> str:
         ext = EXTENSIONS.get(content_type)
         if ext is None:
             raise ImageStoreError(f"The embedded image store keeps no {content_type!r} files.")
@@ -182,6 +182,7 @@ class EmbeddedStore:
                 "(MESH_IMAGES_STORE_MAX_BYTES)."
             )
         await self.sweep()
+        expires = int(self._clock()) + ttl
         doomed = self._make_room(len(data))
         name = f"{secrets.token_hex(16)}.{ext}"
         entry = _Entry(f"{expires}-{name}", len(data), expires)

@@ -32,9 +32,16 @@ from obstore.store import S3Store as _Bucket
 from .store import EXTENSIONS
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 __all__ = ["S3Store"]
+
+# A client waits for its images while we store them: a store outage must end as a prompt 502,
+# not after obstore's default retries (10 of them, for up to 3 minutes).
+CONNECT_TIMEOUT = timedelta(seconds=5)
+REQUEST_TIMEOUT = timedelta(seconds=30)
+MAX_RETRIES = 2
+RETRY_TIMEOUT = timedelta(seconds=15)
 
 
 class S3Store:
@@ -48,33 +55,41 @@ class S3Store:
         self._clock = clock
 
     @classmethod
-    def from_url(cls, url: str, config: S3Config | None = None) -> S3Store:
+    def from_url(
+        cls,
+        url: str,
+        config: S3Config | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> S3Store:
         """``s3://bucket/prefix``; the rest from the AWS environment variables, which ``config``
         (obstore's S3 configuration) overrides."""
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         endpoint = (config or {}).get("endpoint") or os.environ.get("AWS_ENDPOINT_URL") or ""
-        options: ClientConfig | None = (
-            {"allow_http": True} if endpoint.startswith("http://") else None
-        )
-        return cls(_Bucket(bucket, config=config, client_options=options), prefix)
+        options: ClientConfig = {"connect_timeout": CONNECT_TIMEOUT, "timeout": REQUEST_TIMEOUT}
+        if endpoint.startswith("http://"):
+            options["allow_http"] = True
+        retry: RetryConfig = {"max_retries": MAX_RETRIES, "retry_timeout": RETRY_TIMEOUT}
+        bucket_store = _Bucket(bucket, config=config, client_options=options, retry_config=retry)
+        return cls(bucket_store, prefix, clock=clock)
 
     def key(self, name: str) -> str:
         return f"{self._prefix}/{name}" if self._prefix else name
 
-    async def put(self, data: bytes, content_type: str, expires: int, base: str) -> str:
+    async def put(self, data: bytes, content_type: str, ttl: int, base: str) -> str:
         key = self.key(f"{secrets.token_hex(16)}.{EXTENSIONS.get(content_type, 'bin')}")
-        lifetime = max(1, expires - int(self._clock()))
+        expires = int(self._clock()) + ttl
         await obstore.put_async(
             self._bucket,
             key,
             data,
             attributes={
                 "Content-Type": content_type,
-                "Cache-Control": f"public, max-age={lifetime}, immutable",
+                "Cache-Control": f"public, max-age={ttl}, immutable",
             },
             tags={"mesh-images": "hosted", "mesh-images-expires": str(expires)},
         )
-        return await obstore.sign_async(self._bucket, "GET", key, timedelta(seconds=lifetime))
+        return await obstore.sign_async(self._bucket, "GET", key, timedelta(seconds=ttl))
 
     async def aclose(self) -> None:
         """Nothing to release: obstore's client closes with the store object."""
