@@ -228,7 +228,9 @@ class ImagesApp:
             self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
         if openapi:
             self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
-            self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
+            self._openapi_body = openapi_bytes(
+                auth=self._keys.enabled, health=health, hosted=self._hosting
+            )
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
         self._entry: ASGIApp = self._http

@@ -23,7 +23,7 @@ from mesh_images_asgi.store import create_store, default_store_dir
 from mesh_images_asgi.store_embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
 from tests.emulators.openai import OpenAIEmulator
 from tests.emulators.vertex import VertexEmulator
-from tests.helpers import decode_image
+from tests.helpers import client_for, decode_image
 from tests.support.live import serve
 
 GEN = "/v1/images/generations"
@@ -351,3 +351,21 @@ def test_every_provider_base64_answer_is_hosted(store: EmbeddedStore, model: str
             image = httpx.get(item["url"])
     assert image.headers["content-type"] == fmt
     decode_image(image.content)
+
+
+@pytest.mark.anyio
+async def test_the_route_is_documented_and_absent_without_the_embedded_store(
+    tmp_path: Path,
+) -> None:
+    async with client_for(ImagesApp(settings(store_dir=tmp_path), openapi=True)) as client:
+        document = (await client.get("/openapi.json")).json()
+        missing = await client.get("/v1/images/hosted/" + "0" * 32 + ".png")
+    assert "get" in document["paths"]["/v1/images/hosted/{name}"]
+    assert missing.json()["error"]["code"] == "not_found"
+    async with client_for(ImagesApp(settings(store="none"), openapi=True)) as client:
+        document = (await client.get("/openapi.json")).json()
+        response = await client.get("/v1/images/hosted/" + "0" * 32 + ".png?expires=1&signature=x")
+        (item,) = (await client.post(GEN, json=BODY)).json()["data"]
+    assert "/v1/images/hosted/{name}" not in document["paths"]
+    assert response.status_code == 404
+    assert item["url"].startswith("data:image/png;base64,")
