@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     """Disk the embedded store may use; past it, the oldest images are deleted first."""
     url_ttl: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     """Seconds a hosted image URL stays valid (S3 presigned URLs allow 7 days at most)."""
+    store_tags: bool = True
+    """Tag S3 objects for lifecycle rules (false for S3-compatible stores without object tags)."""
     public_url: str | None = Field(default=None, pattern=r"^https?://")
     """Public base of the embedded store's URLs (``https://images.example.com/api``); by default
     built from the request (scheme, ``Host``, root path), as Starlette's ``url_for`` does."""

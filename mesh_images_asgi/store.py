@@ -79,7 +79,7 @@ def create_store(settings: Settings) -> ImageStore | None:
     if settings.store.startswith("s3://"):
         from .store_s3 import S3Store  # the ``s3`` extra: imported only when configured
 
-        return S3Store.from_url(settings.store)
+        return S3Store.from_url(settings.store, tags=settings.store_tags)
     from .store_embedded import EmbeddedStore
 
     key = settings.store_key.get_secret_value().encode() if settings.store_key else None

@@ -2,9 +2,10 @@
 S3, Cloudflare R2, MinIO, GCS's S3 API), through ``obstore`` (the ``s3`` extra).
 
 Each image is the object ``{prefix}/{id}.{ext}`` (``id``: 128 random bits), written with its
-``Content-Type``, a ``Cache-Control`` running out with the URL, and the tags
-``mesh-images=hosted`` and ``mesh-images-expires={unix seconds}``, so that a bucket lifecycle rule
-can delete it (docs/image-store.md). The URL handed out is presigned (SigV4 query string) for
+``Content-Type``, a ``Cache-Control`` running out with the URL, the metadata
+``mesh-images-expires={unix seconds}`` and (unless ``tags`` is off, for stores without object
+tagging) the tags ``mesh-images=hosted`` and ``mesh-images-expires``, so that a bucket lifecycle
+rule can delete it (docs/image-store.md). The URL handed out is presigned (SigV4 query string) for
 ``GET`` until the expiry. Credentials, endpoint and region come from the standard variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL``,
 ``AWS_REGION``), read by obstore; an ``http://`` endpoint (a local MinIO) is allowed as such.
@@ -48,10 +49,16 @@ class S3Store:
     """Images as objects under ``prefix`` in ``bucket``, linked by presigned URLs."""
 
     def __init__(
-        self, bucket: _Bucket, prefix: str, *, clock: Callable[[], float] = time.time
+        self,
+        bucket: _Bucket,
+        prefix: str,
+        *,
+        tags: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._bucket = bucket
         self._prefix = prefix.strip("/")
+        self._tags = tags
         self._clock = clock
 
     @classmethod
@@ -60,6 +67,7 @@ class S3Store:
         url: str,
         config: S3Config | None = None,
         *,
+        tags: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> S3Store:
         """``s3://bucket/prefix``; the rest from the AWS environment variables, which ``config``
@@ -71,7 +79,7 @@ class S3Store:
             options["allow_http"] = True
         retry: RetryConfig = {"max_retries": MAX_RETRIES, "retry_timeout": RETRY_TIMEOUT}
         bucket_store = _Bucket(bucket, config=config, client_options=options, retry_config=retry)
-        return cls(bucket_store, prefix, clock=clock)
+        return cls(bucket_store, prefix, tags=tags, clock=clock)
 
     def key(self, name: str) -> str:
         return f"{self._prefix}/{name}" if self._prefix else name
@@ -86,8 +94,11 @@ class S3Store:
             attributes={
                 "Content-Type": content_type,
                 "Cache-Control": f"public, max-age={ttl}, immutable",
+                "mesh-images-expires": str(expires),
             },
-            tags={"mesh-images": "hosted", "mesh-images-expires": str(expires)},
+            tags={"mesh-images": "hosted", "mesh-images-expires": str(expires)}
+            if self._tags
+            else None,
         )
         return await obstore.sign_async(self._bucket, "GET", key, timedelta(seconds=ttl))
 

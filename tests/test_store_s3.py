@@ -25,6 +25,7 @@ from tests.support.live import serve
 
 BUCKET = "images"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+LOWER_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing-secret"}
 GEN = "/v1/images/generations"
 BODY = {"model": "local/sketch", "prompt": "a lighthouse", "size": "64x64"}
 
@@ -93,12 +94,7 @@ def test_a_url_answer_is_a_presigned_link_to_the_object(aws_env: str) -> None:
 
 @pytest.mark.anyio
 async def test_objects_carry_their_expiry_for_a_lifecycle_rule(endpoint: str) -> None:
-    config: Any = {
-        "endpoint": endpoint,
-        "region": "us-east-1",
-        "access_key_id": "testing",
-        "secret_access_key": "testing-secret",
-    }
+    config: Any = {"endpoint": endpoint, "region": "us-east-1", **LOWER_CREDENTIALS}
     store = S3Store.from_url(f"s3://{BUCKET}/tagged", config, clock=lambda: 2_000_000_000.0)
     url = await store.put(b"\x89PNG not really", "image/png", 120, "ignored")
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["120"]
@@ -108,7 +104,21 @@ async def test_objects_carry_their_expiry_for_a_lifecycle_rule(endpoint: str) ->
         "mesh-images-expires": "2000000120",
     }
     async with httpx.AsyncClient() as client:
-        assert (await client.get(url)).content == b"\x89PNG not really"
+        fetched = await client.get(url)
+    assert fetched.content == b"\x89PNG not really"
+    assert fetched.headers["x-amz-meta-mesh-images-expires"] == "2000000120"
+
+
+@pytest.mark.anyio
+async def test_tags_can_be_turned_off_for_stores_without_them(endpoint: str) -> None:
+    config: Any = {"endpoint": endpoint, "region": "us-east-1", **LOWER_CREDENTIALS}
+    store = S3Store.from_url(f"s3://{BUCKET}/untagged", config, tags=False)
+    url = await store.put(b"x", "image/webp", 60, "")
+    assert (
+        s3_client(endpoint).get_object_tagging(Bucket=BUCKET, Key=object_key(url))["TagSet"] == []
+    )
+    assert object_key(url).startswith("untagged/")
+    assert object_key(url).endswith(".webp")
 
 
 def test_an_unreachable_bucket_is_a_502_not_a_lost_image(
