@@ -10,7 +10,8 @@ directory (mode 0600), so URLs survive restarts.
 Book-keeping lives in memory (built by one scan of the directory at start): the files in the order
 they were written, and a heap of expiries. Each ``put`` first deletes at most ``SWEEP_BATCH``
 expired files (bounded work per pass, no background task), then, if the new image would take the
-directory past ``max_bytes``, deletes the oldest images until it fits. An expired image is never
+directory past ``max_bytes``, deletes the oldest images until it fits (images still being written
+are spared, so the cap may be passed by the writes in flight). An expired image is never
 served, whether or not its file is gone yet. Several processes may share a directory: each signs
 with the same key and serves every file, but accounts only for the files it wrote or found at its
 start (the cap is per process; use S3 when scaling out).
@@ -116,6 +117,7 @@ class EmbeddedStore:
         self._clock = clock
         self._files: dict[str, _Entry] = {}  # disk name -> entry, oldest first
         self._expiries: list[tuple[int, str]] = []  # heap of (expires, disk name)
+        self._writing: set[str] = set()  # disk names being written: never evicted meanwhile
         self.bytes = 0
 
     @classmethod
@@ -187,6 +189,7 @@ class EmbeddedStore:
         name = f"{secrets.token_hex(16)}.{ext}"
         entry = _Entry(f"{expires}-{name}", len(data), expires)
         self._add(entry)  # counted before the write: concurrent puts respect the cap too
+        self._writing.add(entry.disk_name)
         with anyio.CancelScope(shield=True):  # a disconnect must not leave a file uncounted
             try:
                 await anyio.to_thread.run_sync(
@@ -197,18 +200,27 @@ class EmbeddedStore:
                 raise ImageStoreError(
                     f"The image store could not write an image: {exc.strerror}."
                 ) from None
+            finally:
+                self._writing.discard(entry.disk_name)
         return f"{base}{HOSTED_PREFIX[1:]}{name}?expires={expires}&signature=" + self.signature(
             name, expires
         )
 
     def _make_room(self, size: int) -> list[Path]:
-        """Forget the oldest files until ``size`` more bytes fit under the cap; their paths."""
-        doomed: list[Path] = []
-        while self._files and self.bytes + size > self.max_bytes:
-            path = self._forget(next(iter(self._files)))
-            if path is not None:
-                doomed.append(path)
-        return doomed
+        """Forget the oldest files until ``size`` more bytes fit under the cap; their paths.
+
+        Files still being written are skipped (deleting one before its rename would leave it on
+        disk uncounted, and its URL broken): the cap can be passed by the writes in flight.
+        """
+        excess = self.bytes + size - self.max_bytes
+        victims: list[str] = []
+        for disk_name, entry in self._files.items():
+            if excess <= 0:
+                break
+            if disk_name not in self._writing:
+                victims.append(disk_name)
+                excess -= entry.size
+        return [path for name in victims if (path := self._forget(name)) is not None]
 
     async def sweep(self, limit: int = SWEEP_BATCH) -> int:
         """Delete up to ``limit`` expired files; how many were deleted."""

@@ -8,17 +8,19 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
+from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings, store_embedded
 from mesh_images_asgi.store import create_store, default_store_dir
 from mesh_images_asgi.store_embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
 from tests.emulators.openai import OpenAIEmulator
@@ -369,3 +371,37 @@ async def test_the_route_is_documented_and_absent_without_the_embedded_store(
     assert "/v1/images/hosted/{name}" not in document["paths"]
     assert response.status_code == 404
     assert item["url"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.anyio
+async def test_an_image_being_written_is_not_evicted_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a put that evicted an image still being written unlinked it before its
+    rename, which then left it on disk, uncounted, past the cap."""
+    started, gate = threading.Event(), threading.Event()
+    write = store_embedded._write
+
+    def held(path: Path, data: bytes, doomed: Iterable[Path]) -> None:
+        if data == b"first":
+            started.set()
+            assert gate.wait(10)
+        write(path, data, doomed)
+
+    monkeypatch.setattr(store_embedded, "_write", held)
+    store = make_store(tmp_path, Clock(), max_bytes=10)
+    urls: list[str] = []
+
+    async def put(data: bytes) -> None:
+        urls.append(await store.put(data, "image/png", 60, "http://h/"))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(put, b"first")
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        await put(b"second!")  # would need the first one's room: it is being written
+        gate.set()
+    assert len(store) == 2
+    assert store.bytes == 12  # past the cap by the write that was in flight
+    await put(b"third")  # now the two older ones go
+    assert len(image_files(store)) == len(store) == 1
+    assert store.bytes == 5
