@@ -332,11 +332,15 @@ def test_an_unknown_store_is_a_configuration_error(value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "fmt"), [("openai/gpt-image-2", "image/png"), ("vertex/imagen-3", "image/png")]
+    ("model", "fmt"),
+    [
+        ("openai/gpt-image-2", "image/png"),
+        ("vertex/gemini-3.1-flash-image", "image/png"),
+    ],
 )
 def test_every_provider_base64_answer_is_hosted(store: EmbeddedStore, model: str, fmt: str) -> None:
-    """gpt-image and Vertex answer base64 only (Vertex even for ``url``): with a store, both
-    become links, fetched from the gateway."""
+    """gpt-image and Vertex (Gemini) answer base64 only (Vertex even for ``url``): with a
+    store, both become links, fetched from the gateway."""
     openai, vertex = OpenAIEmulator(), VertexEmulator(api_key="AQ.emulated-express-key")
     with openai.serve() as openai_url, serve(vertex.app, lifespan="off") as vertex_url:
         upstreams = settings(
