@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import GatewayError, ImageStoreError
 from .providers.base import GeneratedImage, GenerationJob
 from .routing import Routed
@@ -77,8 +77,12 @@ def create_store(settings: Settings) -> ImageStore | None:
     if settings.store == "none":
         return None
     if settings.store.startswith("s3://"):
-        from .store_s3 import S3Store  # the ``s3`` extra: imported only when configured
-
+        try:
+            from .store_s3 import S3Store  # the ``s3`` extra: imported only when configured
+        except ImportError:
+            raise ConfigError(
+                "MESH_IMAGES_STORE=s3://... needs the s3 extra: pip install 'mesh-images-asgi[s3]'"
+            ) from None
         return S3Store.from_url(settings.store, tags=settings.store_tags)
     from .store_embedded import EmbeddedStore
 

@@ -9,6 +9,7 @@ signed query, and the object's tags give the lifecycle rule its expiry.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +20,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi.config import ConfigError
+from mesh_images_asgi.store import create_store
 from mesh_images_asgi.store_s3 import S3Store
 from tests.helpers import decode_image
 from tests.support.live import serve
@@ -133,3 +136,10 @@ def test_an_unreachable_bucket_is_a_502_not_a_lost_image(
         response = httpx.post(gateway + GEN, json=BODY, timeout=60)
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "image_store_error"
+
+
+def test_without_the_s3_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "obstore", None)  # as on a base install
+    monkeypatch.delitem(sys.modules, "mesh_images_asgi.store_s3", raising=False)
+    with pytest.raises(ConfigError, match=r"mesh-images-asgi\[s3\]"):
+        create_store(Settings(store=f"s3://{BUCKET}"))
