@@ -407,6 +407,10 @@ class ImagesApp:
         max_bytes = self.settings.max_body_bytes
         check_body_headers(scope, max_bytes)
         request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
+        dialect = stream_dialect(scope) if request.stream else None
+        if dialect == "openai" and "response_format" not in request.model_fields_set:
+            # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
+            request = request.model_copy(update={"response_format": "b64_json"})
         service = self.service
         publisher = service.publisher
         if publisher is not None and publisher.needs_request_base:
@@ -415,8 +419,7 @@ class ImagesApp:
         outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
-        if request.stream:
-            dialect = stream_dialect(scope)
+        if dialect is not None:
             await stream_generation(
                 service, plan, receive, send, request_id, self.settings, dialect
             )

@@ -409,3 +409,27 @@ async def test_an_image_being_written_is_not_evicted_under_it(
     await put(b"third")  # now the two older ones go
     assert len(image_files(store)) == len(store) == 1
     assert store.bytes == 5
+
+
+def openai_events(server: str, **fields: Any) -> list[dict[str, Any]]:
+    body = {**BODY, "stream": True, **fields}
+    headers = {"x-mesh-dialect": "openai"}
+    stream = httpx.post(server + GEN, json=body, headers=headers, timeout=30)
+    frames = [frame for frame in stream.text.split("\n\n") if frame.startswith("event:")]
+    return [json.loads(frame.split("\ndata: ", 1)[1]) for frame in frames]
+
+
+def test_openai_stream_events_keep_b64_json_unless_url_is_asked(
+    server: str, store: EmbeddedStore
+) -> None:
+    """OpenAI's ``image_generation.completed`` carries ``b64_json``: the openai SDK, which sends
+    no ``response_format``, gets it as before and nothing is stored; asked for ``url``, the
+    event carries the hosted link."""
+    (default,) = openai_events(server)
+    assert default["type"] == "image_generation.completed"
+    assert decode_image(base64.b64decode(default["b64_json"])).size == (64, 64)
+    assert image_files(store) == []
+    (hosted,) = openai_events(server, response_format="url")
+    assert "b64_json" not in hosted
+    assert hosted["url"].startswith(server + "/v1/images/hosted/")
+    assert httpx.get(hosted["url"]).status_code == 200
