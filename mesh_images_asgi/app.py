@@ -174,8 +174,8 @@ class ImagesApp:
       ``GET /v1/images/hosted/{name}``.
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
-    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
-    ``admin`` scope) asks for one (see
+    ``/openapi.json``, ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
+    ``admin`` scope) and the hosted images (their signed URL is the credential) asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a

@@ -21,6 +21,7 @@ import pytest
 from fastapi import FastAPI
 
 from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings, store_embedded
+from mesh_images_asgi.auth import hash_key, new_key
 from mesh_images_asgi.store import create_store, default_store_dir
 from mesh_images_asgi.store_embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
 from tests.emulators.openai import OpenAIEmulator
@@ -433,3 +434,13 @@ def test_openai_stream_events_keep_b64_json_unless_url_is_asked(
     assert "b64_json" not in hosted
     assert hosted["url"].startswith(server + "/v1/images/hosted/")
     assert httpx.get(hosted["url"]).status_code == 200
+
+
+def test_with_gateway_keys_the_signed_url_is_the_only_credential(store: EmbeddedStore) -> None:
+    key = new_key()
+    with live(store, api_keys=[{"label": "app", "hash": hash_key(key)}]) as url:
+        auth = {"authorization": f"Bearer {key}"}
+        assert httpx.post(url + GEN, json=BODY).status_code == 401
+        response = httpx.post(url + GEN, json=BODY, headers=auth, timeout=30)
+        assert response.status_code == 200, response.text
+        assert httpx.get(response.json()["data"][0]["url"]).status_code == 200  # no key sent
