@@ -18,7 +18,7 @@ import orjson
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
-from .auth import GatewayKey, KeyRing, allowed_models, authorize
+from .auth import ADMIN, GatewayKey, KeyRing, allowed_models, authorize, require_scope
 from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
 from .catalog import Catalog, ModelEntry, load_catalog
@@ -36,6 +36,7 @@ from .errors import (
     ProviderNotAvailable,
     ServiceUnavailable,
 )
+from .hosted import request_base, serve_hosted
 from .inflight import InFlight
 from .job_metrics import JobMetrics
 from .job_routes import JobRoutes
@@ -56,6 +57,8 @@ from .routing import Plan, Routed
 from .schemas import ImageRequest, parse_request
 from .service import ImageService
 from .sse import stream_generation
+from .store import REQUEST_BASE, ImageStore, Publisher, create_store
+from .store_embedded import HOSTED_PREFIX, EmbeddedStore
 from .tracing import Tracing
 from .transport import HttpxUpstream, UpstreamClient
 from .upstream import create_upstream_client
@@ -63,7 +66,7 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp", "Reader"]
+__all__ = ["GENERATIONS_PATH", "HOSTED_ROUTE", "MODELS_PATH", "MODEL_PATH", "ImagesApp", "Reader"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
@@ -74,6 +77,8 @@ MODEL_PATH = "/v1/models/{model}"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
+"""The embedded image store's images (the route's name in metrics and logs)."""
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
 Reader = Callable[["ImagesApp", Scope, Receive], Awaitable[ImageRequest]]
@@ -121,7 +126,8 @@ def _without_body(send: Send) -> Send:
 
 def _register_secrets(settings: Settings) -> None:
     install_log_redaction()
-    for secret in (settings.openai_api_key, settings.vertex_api_key, settings.redis_url):
+    secrets = (settings.openai_api_key, settings.vertex_api_key, settings.redis_url)
+    for secret in (*secrets, settings.store_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
 
@@ -169,11 +175,15 @@ class ImagesApp:
       standalone server does; see ``cors.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
+    * **store** - the image store for ``url`` answers; by default the one ``MESH_IMAGES_STORE``
+      names (``docs/image-store.md``). An ``EmbeddedStore`` is served on
+      ``GET /v1/images/hosted/{name}``.
     * **jobs** - the async jobs' queue; by default in the process, or in Redis when
       ``MESH_IMAGES_REDIS_URL`` is set (``docs/jobs.md``).
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
-    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
+    ``/openapi.json``, ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
+    ``admin`` scope) and the hosted images (their signed URL is the credential) asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -195,6 +205,7 @@ class ImagesApp:
         metrics_route: bool = False,
         cors: bool = False,
         tracer_provider: TracerProvider | None = None,
+        store: ImageStore | None = None,
         jobs: JobQueue | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
@@ -208,6 +219,7 @@ class ImagesApp:
         self._owned_client: UpstreamClient | None = None
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
+        self._store = store
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
@@ -216,12 +228,21 @@ class ImagesApp:
         self.readers: dict[str, Reader] = {GENERATIONS_PATH: ImagesApp._read_generation}
         """Each synchronous image route's reader; an async route exists for each."""
         self._jobs = JobRoutes(self, jobs, self._routes)
+        self._hosting = (
+            isinstance(store, EmbeddedStore)
+            if store is not None
+            else self.settings.store == "embedded"
+        )
+        if self._hosting:
+            self._routes[HOSTED_ROUTE] = {"GET": ImagesApp._hosted, "HEAD": ImagesApp._hosted}
         if health:
             self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
             self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
         if openapi:
             self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
-            self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
+            self._openapi_body = openapi_bytes(
+                auth=self._keys.enabled, health=health, hosted=self._hosting
+            )
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
         self._entry: ASGIApp = self._http
@@ -253,6 +274,8 @@ class ImagesApp:
             return path
         if path.startswith(MODELS_PATH + "/") and len(path) > len(MODELS_PATH) + 1:
             return MODEL_PATH
+        if self._hosting and path.startswith(HOSTED_PREFIX):
+            return HOSTED_ROUTE
         return self._jobs.route(path)
 
     @property
@@ -276,7 +299,13 @@ class ImagesApp:
                 else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)
-            self._service = ImageService(self.settings, catalog, providers)
+            store = self._store if self._store is not None else create_store(self.settings)
+            publisher = (
+                Publisher(store, self.settings.url_ttl, self.settings.public_url)
+                if store is not None
+                else None
+            )
+            self._service = ImageService(self.settings, catalog, providers, publisher)
             self._service.log_enabled()
             self._loop_guard = LoopGuard.for_running_loop(self.aclose)
         return self._service
@@ -289,6 +318,8 @@ class ImagesApp:
             self._limiter = create_limiter(
                 url.get_secret_value() if url is not None else None,
                 fail_open=self.settings.rate_limit_fail_open,
+                max_connections=self.settings.redis_max_connections,
+                pool_timeout=self.settings.redis_pool_timeout,
             )
         return self._limiter
 
@@ -405,6 +436,12 @@ class ImagesApp:
     def finish_job(self, outcome: Outcome) -> None:
         self._observer.finish(outcome)
 
+    def set_request_base(self, base: str) -> None:
+        """The public base URL the image store links to, for this task (unless configured)."""
+        publisher = self.service.publisher
+        if publisher is not None and publisher.needs_request_base:
+            REQUEST_BASE.set(base)  # read by the publisher, in this task's context
+
     def key_named(self, label: str | None) -> GatewayKey | None:
         """The configured key labelled ``label`` (a job's owner); 401 if it is gone."""
         return self._keys.by_label(label)
@@ -442,11 +479,15 @@ class ImagesApp:
         outcome = current_outcome()
         key, send = await self.admit(scope, send)
         request = await self._read_generation(scope, receive)
+        dialect = stream_dialect(scope) if request.stream else None
+        if dialect == "openai" and "response_format" not in request.model_fields_set:
+            # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
+            request = request.model_copy(update={"response_format": "b64_json"})
+        self.set_request_base(request_base(scope))
         plan = self.plan(request, key, scope)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         service = self.service
-        if request.stream:
-            dialect = stream_dialect(scope)
+        if dialect is not None:
             await stream_generation(
                 service, plan, receive, send, request_id, self.settings, dialect
             )
@@ -464,7 +505,7 @@ class ImagesApp:
         entries = self.service.enabled_models()
         if key is not None:
             current_outcome().key = key.label
-            entries = [entry for entry in entries if key.allows(entry.id, entry.aliases)]
+            entries = [entry for entry in entries if key.allows(entry)]
         return entries
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
@@ -515,8 +556,8 @@ class ImagesApp:
         await _send_json(send, 200, {"status": "ready"}, request_id)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        if self.settings.metrics_auth:
-            self._keys.authenticate(scope)
+        if self.settings.metrics_auth:  # every tenant's series: for an admin only
+            require_scope(self._keys.authenticate(scope), ADMIN)
         body, content_type = self.metrics.exposition(
             (get_header(scope, b"accept") or b"").decode("latin-1")
         )
@@ -526,6 +567,14 @@ class ImagesApp:
         headers = [(b"x-request-id", request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
         current_outcome().bytes = len(self._openapi_body)
+
+    async def _hosted(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        publisher = self.service.publisher
+        store = publisher.store if publisher is not None else None
+        if not isinstance(store, EmbeddedStore):
+            raise NotFound(f"No route for {scope['path']!r}.")
+        path = route_path(scope)
+        current_outcome().bytes = await serve_hosted(store, path, scope, receive, send, request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

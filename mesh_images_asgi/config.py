@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     retired_models: Literal["refuse", "replace", "serve"] = "refuse"
     """A request for a retired model: 410 ``model_retired`` (refuse), served by its replacement
     (replace), or sent to the retired upstream id anyway (serve); see ``lifecycle.py``."""
+    local_render_threads: int | None = Field(default=None, ge=1)
+    """Generations the ``local`` provider renders at once, each in a thread (None: one per core)."""
+    local_render_queue: int = Field(default=64, ge=0)
+    """Generations that may wait to render; beyond them, 503 ``provider_not_available``."""
 
     # Resilience (docs/resilience.md): retries, fallbacks, breaker, bulkhead, BYOK, drain.
     max_attempts: int = Field(default=4, ge=1)
@@ -86,7 +90,8 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(default=30.0, gt=0)
     """Seconds an open circuit refuses calls before one probe is let through."""
     bulkhead_limit: int = Field(default=128, ge=1)
-    """Concurrent upstream calls per provider (the embedded ``local`` renderer is exempt)."""
+    """Concurrent upstream calls per provider (the embedded ``local`` renderer has its own bound:
+    ``local_render_threads``)."""
     bulkhead_queue: int = Field(default=512, ge=0)
     """Calls that may wait for a provider's slot; beyond them, 503 ``provider_not_available``."""
     byok_fallback: bool = True
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
     vertex_token_uri: str = "https://oauth2.googleapis.com/token"
     """Where tokens for clients' own Vertex service accounts are minted (their ``token_uri`` is
     ignored, so a client cannot make the gateway call an address of its choosing)."""
+    client_key_threads: int = Field(default=4, ge=1)
+    """Worker threads that load the service-account keys clients bring (BYOK) and mint their
+    tokens, at most; more such requests wait for one (the event loop never does)."""
     drain_timeout: float = Field(default=30.0, ge=0)
     """At shutdown, seconds in-flight generations may take to finish before they are cut."""
     config: Path | None = None
@@ -115,6 +123,11 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     """Redis shared by every gateway process: rate-limit counters and async jobs
     (``MESH_IMAGES_REDIS_URL``)."""
+    redis_max_connections: int = Field(default=50, ge=1)
+    """Connections each gateway process opens to Redis, at most; under a burst, requests wait
+    for one (``redis_pool_timeout``) instead of taking the burst for an outage."""
+    redis_pool_timeout: float = Field(default=2.0, gt=0)
+    """Seconds a request waits for a Redis connection; past it, 503 ``service_unavailable``."""
     rate_limit_fail_open: bool = True
     """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
     body_timeout: float = Field(default=30.0, gt=0)
@@ -136,6 +149,24 @@ class Settings(BaseSettings):
     """Seconds a job is kept after its submission, and its result after it finished."""
     job_redis_prefix: str = Field(default="mesh-images:jobs", min_length=1)
     """Prefix of the jobs' Redis keys: gateways sharing a prefix share their jobs."""
+
+    # Hosted image URLs (docs/image-store.md).
+    store: str = Field(default="embedded", pattern=r"^(embedded|none|s3://[^/\s]+(/\S*)?)$")
+    """Where ``response_format: "url"`` images go (``MESH_IMAGES_STORE``): ``embedded`` (files
+    served by the gateway), ``s3://bucket/prefix``, or ``none`` (``data:`` URLs)."""
+    store_dir: Path | None = None
+    """The embedded store's directory (default: ``mesh-images/images`` in the user's cache)."""
+    store_key: SecretStr | None = None
+    """The embedded store's HMAC key (default: generated once, kept in the store directory)."""
+    store_max_bytes: int = Field(default=1024**3, ge=1)
+    """Disk the embedded store may use; past it, the oldest images are deleted first."""
+    url_ttl: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    """Seconds a hosted image URL stays valid (S3 presigned URLs allow 7 days at most)."""
+    store_tags: bool = True
+    """Tag S3 objects for lifecycle rules (false for S3-compatible stores without object tags)."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Public base of the embedded store's URLs (``https://images.example.com/api``); by default
+    built from the request (scheme, ``Host``, root path), as Starlette's ``url_for`` does."""
 
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(

@@ -23,6 +23,7 @@ import orjson
 from ._asgi import Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from .byok import read_client_keys
 from .errors import GatewayError, InternalError, InvalidRequest, NotFound, ProviderNotAvailable
+from .hosted import request_base
 from .job_queues import create_job_queue
 from .jobs import JobOutcome, JobPayload, JobQueue, JobRecord, new_job_id
 from .outcome import CLIENT_CLOSED, current_outcome
@@ -174,7 +175,8 @@ class JobRoutes:
         await self.start()
         record = JobRecord(new_job_id(), plan.job.entry.id, key.label if key else None)
         content_type = (get_header(scope, b"content-type") or b"application/json").decode("latin-1")
-        payload = JobPayload(path, content_type, b"".join(recorder.chunks), request_id)
+        body = b"".join(recorder.chunks)
+        payload = JobPayload(path, content_type, body, request_id, request_base(scope))
         await self.queue.submit(record, payload)
         app.job_metrics.jobs.labels("queued").inc()
         location = f"{scope.get('root_path', '')}{JOBS_PREFIX}{record.id}".encode()
@@ -221,6 +223,7 @@ class JobRoutes:
             metrics.queued_seconds.observe(max(0.0, record.started - record.submitted))
         try:
             key = app.key_named(record.owner)
+            app.set_request_base(payload.base)
             request = await app.readers[payload.route](app, scope, _replay(payload.body))
             plan = app.plan(request, key)
             body, _ = app.answer(await app.service.generate(plan))

@@ -50,6 +50,8 @@ class JobPayload:
     body: bytes
     request_id: str
     """The submission's request id (the job's access log line carries it)."""
+    base: str = ""
+    """The submission's public base URL (``http://host/root/``), for hosted image URLs."""
 
     def dumps(self) -> bytes:
         return orjson.dumps({**asdict(self), "body": self.body.decode("latin-1")})
@@ -58,7 +60,9 @@ class JobPayload:
     def loads(cls, raw: bytes) -> JobPayload:
         data = orjson.loads(raw)
         body = data["body"].encode("latin-1")
-        return cls(data["route"], data["content_type"], body, data["request_id"])
+        return cls(
+            data["route"], data["content_type"], body, data["request_id"], data.get("base", "")
+        )
 
 
 @dataclass(slots=True)
