@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.auth import GatewayKey, hash_key
 from mesh_images_asgi.job_memory import MemoryJobQueue
 from tests.emulators.openai import OpenAIEmulator, content_policy_violation
+from tests.helpers import decode_image
 from tests.support.live import serve
 
 UPSTREAM_KEY = "sk-emulator-jobs-0123456789"
@@ -202,6 +204,7 @@ def test_a_full_queue_refuses_with_retry_after(upstream: str, emulator: OpenAIEm
     with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         body = {"model": "openai/gpt-image-2", "prompt": "hold"}
         held = http.post(SUBMIT, json=body).json()["id"]
+        assert emulator.wait_received(10)
         refused = http.post(SUBMIT, json=body)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "provider_not_available"
@@ -225,3 +228,19 @@ def test_a_job_is_gone_after_its_ttl(upstream: str) -> None:
         gone = http.get(f"/v1/async/jobs/{job_id}")
         assert gone.status_code == 404
         assert gone.json()["error"]["code"] == "not_found"
+
+
+def test_a_job_hosts_its_images_in_the_image_store(
+    upstream: str, emulator: OpenAIEmulator, tmp_path: Path
+) -> None:
+    app = gateway(upstream, store="embedded", store_dir=tmp_path)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        job = http.post(SUBMIT, json={"model": "openai/gpt-image-2", "prompt": "hosted"}).json()
+        finished = wait_finished(http, job["id"])
+        assert finished["status"] == "succeeded"
+        link = finished["result"]["data"][0]["url"]
+        assert link.startswith(f"{url}/v1/images/hosted/")  # the submission's own base URL
+        image = http.get(link)
+        assert image.status_code == 200
+        assert image.headers["content-type"] == "image/png"
+        assert decode_image(image.content).format == "PNG"
