@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import ProviderNotAvailable
 from .job_memory import queue_full
-from .jobs import JobPayload, JobRecord, JobRunner
+from .jobs import JobPayload, JobRecord, JobRunner, JobStatus
 
 __all__ = ["RedisJobQueue"]
 
@@ -151,14 +151,26 @@ class RedisJobQueue:
         record = await self.get(job_id)
         if record is None or record.done:
             return record
-        cancelled = replace(record, status="cancelled", finished=time.time())
         try:
-            await self._finish(
-                keys=[self._key(job_id)], args=["cancelled", cancelled.dumps(), self._ttl]
-            )
+            await self.finish(record, "cancelled")
         except self._errors:
             raise _unreachable() from None
         return await self.get(job_id)  # the running worker sees it within _CANCEL_POLL
+
+    async def finish(
+        self, record: JobRecord, status: JobStatus, body: dict[str, Any] | None = None
+    ) -> bool:
+        """End an unfinished job (with ``body`` as its result or error); False when it had
+        ended already: the first end wins."""
+        finished = replace(record, status=status, finished=time.time())
+        if status == "succeeded":
+            finished.result = body
+        elif status == "failed":
+            finished.error = body
+        ended = await self._finish(
+            keys=[self._key(record.id)], args=[status, finished.dumps(), self._ttl]
+        )
+        return bool(ended)
 
     async def start(self, runner: JobRunner) -> None:
         if self._loop is None:
@@ -269,12 +281,7 @@ class RedisJobQueue:
             return
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
-        finished = replace(record, status=outcome.status, finished=time.time())
-        if outcome.status == "succeeded":
-            finished.result = outcome.body
-        else:
-            finished.error = outcome.body
-        await self._finish(keys=[key], args=[outcome.status, finished.dumps(), self._ttl])
+        await self.finish(record, outcome.status, outcome.body)
         await self._ack(entry_id)
 
     async def _ack(self, entry_id: str) -> None:

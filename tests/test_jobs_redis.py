@@ -204,3 +204,33 @@ def test_200_jobs_across_two_processes_none_lost_none_done_twice(
     assert [result["status"] for result in results] == ["succeeded"] * 200
     prompts = sorted(request.body["prompt"] for request in emulator.requests)
     assert prompts == sorted(f"job {index}" for index in range(200))  # each exactly once
+
+
+def test_a_delete_on_one_process_cancels_the_run_on_the_other(
+    redis_url: str, served: tuple[OpenAIEmulator, str], emulator: OpenAIEmulator, tmp_path: Path
+) -> None:
+    emulator.fault = Fault.HANG
+    env = gateway_env(redis_url, served[1])
+    with gateways(env, tmp_path, count=1) as started:
+        runner = started[0]
+        job_id = submit(runner.url, "cancel me")
+        assert emulator.wait_received(20)
+        started.append(other := Gateway(env, tmp_path / "other.log"))  # not running the job
+        answer = httpx.delete(f"{other.url}/v1/async/jobs/{job_id}", timeout=30)
+        assert answer.status_code == 200
+        assert answer.json()["status"] == "cancelled"
+        assert emulator.wait_cancelled(20)  # the runner closed its upstream request
+        assert state(runner.url, job_id)["status"] == "cancelled"
+        assert len(emulator.requests) == 1
+
+
+def test_a_live_worker_keeps_a_job_longer_than_its_lease(
+    redis_url: str, served: tuple[OpenAIEmulator, str], emulator: OpenAIEmulator, tmp_path: Path
+) -> None:
+    emulator.latency = 4.0  # four leases: only renewals keep the job where it is
+    env = gateway_env(redis_url, served[1], job_lease="1")
+    with gateways(env, tmp_path) as pair:
+        job_id = submit(pair[0].url, "long")
+        finished = wait_finished(pair[1].url, job_id)
+        assert finished["status"] == "succeeded"
+        assert len(emulator.requests) == 1
