@@ -49,6 +49,7 @@ from .openapi import OPENAPI_PATH, openapi_bytes
 from .outcome import CLIENT_CLOSED, Outcome, current_outcome
 from .providers.base import Provider
 from .providers.registry import build_providers
+from .publisher import Publisher
 from .ratelimit import Limiter, create_limiter, enforce
 from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
@@ -57,8 +58,9 @@ from .routing import Plan, Routed
 from .schemas import ImageRequest, parse_request
 from .service import ImageService
 from .sse import stream_generation
-from .store import REQUEST_BASE, ImageStore, Publisher, create_store
+from .store import REQUEST_BASE, ImageStore
 from .store_embedded import HOSTED_PREFIX, EmbeddedStore
+from .store_factory import create_store
 from .tracing import Tracing
 from .transport import HttpxUpstream, UpstreamClient
 from .upstream import create_upstream_client

@@ -23,9 +23,9 @@ from .config import Settings
 from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, ValidationFailed
 from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
+from .publisher import Publisher
 from .routing import Plan, RetryPolicy, Routed, Router
 from .schemas import CONTRACT_QUALITIES, ImageRequest, unknown_quality
-from .store import Publisher
 
 __all__ = ["UNBOUNDED_PROVIDERS", "ImageService"]
 

@@ -22,8 +22,9 @@ from fastapi import FastAPI
 
 from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings, store_embedded
 from mesh_images_asgi.auth import hash_key, new_key
-from mesh_images_asgi.store import create_store, default_store_dir
+from mesh_images_asgi.store import default_store_dir
 from mesh_images_asgi.store_embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
+from mesh_images_asgi.store_factory import create_store
 from tests.emulators.openai import OpenAIEmulator
 from tests.emulators.vertex import VertexEmulator
 from tests.helpers import client_for, decode_image

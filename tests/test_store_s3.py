@@ -21,7 +21,7 @@ from moto.server import ThreadedMotoServer
 
 from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.config import ConfigError
-from mesh_images_asgi.store import create_store
+from mesh_images_asgi.store_factory import create_store
 from mesh_images_asgi.store_s3 import S3Store
 from tests.helpers import decode_image
 from tests.support.live import serve
