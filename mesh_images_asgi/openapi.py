@@ -19,6 +19,7 @@ from .schemas import ImageRequest
 __all__ = [
     "OPENAPI_PATH",
     "ErrorEnvelope",
+    "ImageJob",
     "ImagesResponse",
     "ModelList",
     "openapi_bytes",
@@ -88,6 +89,18 @@ class ErrorEnvelope(BaseModel):
 
     error: ErrorObject
     request_id: str
+
+
+class ImageJob(BaseModel):
+    """An async job (``docs/jobs.md``): ``result`` once succeeded, ``error`` once failed."""
+
+    id: str
+    object: Literal["image.job"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created: int
+    model: str
+    result: ImagesResponse | None = None
+    error: ErrorObject | None = None
 
 
 class Health(BaseModel):
@@ -181,6 +194,7 @@ def openapi_document(
             (ImagesResponse, "serialization"),
             (ModelList, "serialization"),
             (ErrorEnvelope, "serialization"),
+            (ImageJob, "serialization"),
             (Health, "serialization"),
         ],
         ref_template="#/components/schemas/{model}",
@@ -242,8 +256,39 @@ def openapi_document(
             **_errors(*denied, "404", "500"),
         },
     }
+    submit = {
+        "operationId": "createImageJob",
+        "summary": "Submit a generation as an async job (the body of /v1/images/generations)",
+        **secured,
+        "requestBody": generate["requestBody"],
+        "responses": {
+            "202": {
+                "description": "The job, queued; Location names it",
+                "headers": {**_REQUEST_ID, "location": {"schema": {"type": "string"}}},
+                "content": {"application/json": {"schema": _ref("ImageJob")}},
+            },
+            **_errors("400", "401", "403", "404", "408", "410", "413", "415", "422", "429"),
+            **_errors("500", "501", "503"),
+        },
+    }
+    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    job = {
+        "summary": "An async job of this key: its status, then its result or error",
+        **secured,
+        "parameters": job_id,
+        "responses": {"200": _json("ImageJob", "The job"), **_errors(*denied, "404", "503")},
+    }
     paths: dict[str, Any] = {
         "/v1/images/generations": {"post": generate},
+        "/v1/async/images/generations": {"post": submit},
+        "/v1/async/jobs/{id}": {
+            "get": {"operationId": "retrieveImageJob", **job},
+            "delete": {
+                "operationId": "cancelImageJob",
+                **job,
+                "summary": "Cancel an async job (a finished one stays as it is)",
+            },
+        },
         "/v1/models": {"get": models},
         "/v1/models/{model}": {"get": model},
         OPENAPI_PATH: {
