@@ -120,6 +120,7 @@ class RedisJobQueue:
         self._loop: asyncio.Task[None] | None = None
         self._depth = 0
         self._depth_at = 0.0
+        self._next_sweep = 0.0
 
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -225,10 +226,14 @@ class RedisJobQueue:
         self._slots.release()
 
     async def _next(self, lease_ms: int) -> tuple[str, str] | None:
-        """One entry for this worker: a dead worker's past its lease first, else a new one."""
-        _, claimed, *_ = await self._client.xautoclaim(
-            self._stream, _GROUP, self._consumer, lease_ms, "0-0", count=1
-        )
+        """One entry for this worker: a dead worker's past its lease first (looked for every
+        quarter lease, and again at once after one was found), else a new one."""
+        claimed = []
+        if time.monotonic() >= self._next_sweep:
+            _, claimed, *_ = await self._client.xautoclaim(
+                self._stream, _GROUP, self._consumer, lease_ms, "0-0", count=1
+            )
+            self._next_sweep = time.monotonic() + (0 if claimed else self._lease / 4)
         if not claimed:
             await self._refresh_depth()
             read = await self._client.xreadgroup(
