@@ -129,7 +129,7 @@ def _without_body(send: Send) -> Send:
 def _register_secrets(settings: Settings) -> None:
     install_log_redaction()
     secrets = (settings.openai_api_key, settings.vertex_api_key, settings.redis_url)
-    for secret in (*secrets, settings.store_key):
+    for secret in (*secrets, settings.store_key, settings.job_webhook_secret):
         if secret is not None:
             register_secret(secret.get_secret_value())
 

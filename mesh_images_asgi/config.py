@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     """Seconds a job is kept after its submission, and its result after it finished."""
     job_redis_prefix: str = Field(default="mesh-images:jobs", min_length=1)
     """Prefix of the jobs' Redis keys: gateways sharing a prefix share their jobs."""
+    job_webhook_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    """Hosts a job's ``X-Webhook-URL`` may name (comma-separated); none: webhooks are off."""
+    job_webhook_secret: SecretStr | None = None
+    """The HMAC key completion webhooks are signed with (``webhooks.py``)."""
 
     # Hosted image URLs (docs/image-store.md).
     store: str = Field(default="embedded", pattern=r"^(embedded|none|s3://[^/\s]+(/\S*)?)$")
@@ -187,7 +191,7 @@ class Settings(BaseSettings):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Catalog entries to add or override, from the TOML file's ``[models."id"]`` tables."""
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "job_webhook_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         """``"https://a.example, https://b.example"`` from the environment; a list from TOML."""

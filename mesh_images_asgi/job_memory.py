@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ProviderNotAvailable
-from .jobs import JobOutcome, JobPayload, JobRecord, JobRunner, JobStatus
+from .jobs import JobEnded, JobOutcome, JobPayload, JobRecord, JobRunner, JobStatus
 
 __all__ = ["MemoryJobQueue", "queue_full", "shut_down_error"]
 
@@ -81,10 +81,12 @@ class MemoryJobQueue:
             task.cancel()
         return record
 
-    async def start(self, runner: JobRunner) -> None:
+    async def start(self, runner: JobRunner, ended: JobEnded) -> None:
         if not self._workers:
             self._workers = [
-                asyncio.create_task(self._work(runner), name=f"mesh-images-job-worker-{number}")
+                asyncio.create_task(
+                    self._work(runner, ended), name=f"mesh-images-job-worker-{number}"
+                )
                 for number in range(self._concurrency)
             ]
 
@@ -125,7 +127,7 @@ class MemoryJobQueue:
         self._payloads.pop(record.id, None)
         self._expires[record.id] = record.finished + self._ttl
 
-    async def _work(self, runner: JobRunner) -> None:
+    async def _work(self, runner: JobRunner, ended: JobEnded) -> None:
         while True:
             job_id = await self._waiting.get()
             record = self._records.get(job_id)
@@ -149,3 +151,4 @@ class MemoryJobQueue:
                 self._running.pop(job_id, None)
             if not record.done:
                 self._finish(record, outcome.status, outcome.body)
+                ended(record)

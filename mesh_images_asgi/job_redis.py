@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import ProviderNotAvailable
 from .job_memory import queue_full
-from .jobs import JobPayload, JobRecord, JobRunner, JobStatus
+from .jobs import JobEnded, JobPayload, JobRecord, JobRunner, JobStatus
 
 __all__ = ["RedisJobQueue"]
 
@@ -121,6 +121,7 @@ class RedisJobQueue:
         self._depth = 0
         self._depth_at = 0.0
         self._next_sweep = 0.0
+        self._ended: JobEnded = lambda record: None
 
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -160,9 +161,9 @@ class RedisJobQueue:
 
     async def finish(
         self, record: JobRecord, status: JobStatus, body: dict[str, Any] | None = None
-    ) -> bool:
-        """End an unfinished job (with ``body`` as its result or error); False when it had
-        ended already: the first end wins."""
+    ) -> JobRecord | None:
+        """End an unfinished job (with ``body`` as its result or error); its record, or None
+        when it had ended already: the first end wins."""
         finished = replace(record, status=status, finished=time.time())
         if status == "succeeded":
             finished.result = body
@@ -171,11 +172,12 @@ class RedisJobQueue:
         ended = await self._finish(
             keys=[self._key(record.id)], args=[status, finished.dumps(), self._ttl]
         )
-        return bool(ended)
+        return finished if ended else None
 
-    async def start(self, runner: JobRunner) -> None:
+    async def start(self, runner: JobRunner, ended: JobEnded) -> None:
         if self._loop is None:
             await self._ensure_group()
+            self._ended = ended
             self._loop = asyncio.create_task(self._consume(runner), name="mesh-images-jobs")
 
     async def aclose(self) -> None:
@@ -286,8 +288,10 @@ class RedisJobQueue:
             return
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
-        await self.finish(record, outcome.status, outcome.body)
+        finished = await self.finish(record, outcome.status, outcome.body)
         await self._ack(entry_id)
+        if finished is not None:
+            self._ended(finished)
 
     async def _ack(self, entry_id: str) -> None:
         async with self._client.pipeline(transaction=True) as pipe:

@@ -27,6 +27,7 @@ from .hosted import request_base
 from .job_queues import create_job_queue
 from .jobs import JobOutcome, JobPayload, JobQueue, JobRecord, new_job_id
 from .outcome import CLIENT_CLOSED, current_outcome
+from .webhooks import WEBHOOK_HEADER, Webhooks
 
 if TYPE_CHECKING:
     from .app import Handler, ImagesApp
@@ -102,6 +103,11 @@ class JobRoutes:
         self._app = app
         self._queue = queue
         self._started = False
+        secret = app.settings.job_webhook_secret
+        self._webhooks = Webhooks(
+            app.settings.job_webhook_hosts,
+            secret.get_secret_value().encode() if secret is not None else None,
+        )
         for path in app.readers:
             routes[async_path(path)] = {"POST": self._submitter(path)}
         routes[JOB_PATH] = {"GET": self._handler(self._get), "DELETE": self._handler(self._cancel)}
@@ -124,13 +130,14 @@ class JobRoutes:
     async def start(self) -> None:
         """Start this process's workers (at lifespan startup, or at the first submission)."""
         if not self._started:
-            await self.queue.start(self._run)
+            await self.queue.start(self._run, self._ended)
             self._started = True
 
     async def aclose(self) -> None:
         if self._queue is not None and self._started:
             self._started = False
             await self._queue.aclose()
+        await self._webhooks.aclose()
 
     # The routes.
 
@@ -159,6 +166,7 @@ class JobRoutes:
                 "This gateway is shutting down; retry the request.", retry_after_seconds=1.0
             )
         key, send = await app.admit(scope, send)
+        webhook = self._webhooks.check(get_header(scope, WEBHOOK_HEADER))
         recorder = _Recorder(receive)
         request = await app.readers[path](app, scope, recorder)
         if request.stream:
@@ -174,6 +182,7 @@ class JobRoutes:
         plan = app.plan(request, key)
         await self.start()
         record = JobRecord(new_job_id(), plan.job.entry.id, key.label if key else None)
+        record.webhook = webhook
         content_type = (get_header(scope, b"content-type") or b"application/json").decode("latin-1")
         body = b"".join(recorder.chunks)
         payload = JobPayload(path, content_type, body, request_id, request_base(scope))
@@ -241,5 +250,8 @@ class JobRoutes:
         finally:
             metrics.running_seconds.observe(time.monotonic() - started)
             app.finish_job(outcome)
-        metrics.jobs.labels(result.status).inc()
         return result
+
+    def _ended(self, record: JobRecord) -> None:
+        self._app.job_metrics.jobs.labels(record.status).inc()
+        self._webhooks.deliver(record)

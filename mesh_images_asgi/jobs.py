@@ -22,6 +22,7 @@ import orjson
 
 __all__ = [
     "FINISHED",
+    "JobEnded",
     "JobOutcome",
     "JobPayload",
     "JobQueue",
@@ -80,6 +81,8 @@ class JobRecord:
     started: float | None = None
     """Wall-clock time the (last) run started."""
     finished: float | None = None
+    webhook: str | None = None
+    """Where to POST the job when it ends (``webhooks.py``); never shown."""
 
     def __post_init__(self) -> None:
         if not self.created:
@@ -122,6 +125,8 @@ class JobOutcome:
 
 JobRunner = Callable[[JobRecord, JobPayload], Coroutine[Any, Any, JobOutcome]]
 """Serves one job (the app's; raises ``CancelledError`` when the job is cancelled)."""
+JobEnded = Callable[[JobRecord], None]
+"""Told of a run's end when it won (the job's first end): metrics, webhooks."""
 
 
 class JobQueue(Protocol):
@@ -136,7 +141,7 @@ class JobQueue(Protocol):
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel the job unless finished; its record afterwards, or None when unknown."""
 
-    async def start(self, runner: JobRunner) -> None:
+    async def start(self, runner: JobRunner, ended: JobEnded) -> None:
         """Start this process's workers (idempotent)."""
 
     def depth(self) -> int:

@@ -7,6 +7,11 @@ the upstream request go), ownership by gateway key, the bounded queue, expiry af
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +21,7 @@ import httpx
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi._asgi import Receive, Scope, Send
 from mesh_images_asgi.auth import GatewayKey, hash_key
 from mesh_images_asgi.job_memory import MemoryJobQueue
 from tests.emulators.openai import OpenAIEmulator, content_policy_violation
@@ -244,3 +250,63 @@ def test_a_job_hosts_its_images_in_the_image_store(
         assert image.status_code == 200
         assert image.headers["content-type"] == "image/png"
         assert decode_image(image.content).format == "PNG"
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records each delivery, answers ``statuses`` in turn."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.done = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {key.decode(): value.decode() for key, value in scope["headers"]}
+        self.deliveries.append((headers, body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        if status == 200:
+            self.done.set()
+
+
+WEBHOOK_SECRET = "whsec-test-0123456789"
+
+
+def test_a_webhook_is_signed_retried_and_allow_listed(upstream: str) -> None:
+    receiver = Receiver(500)  # the first delivery fails; the retry succeeds
+    app = gateway(upstream, job_webhook_hosts=("127.0.0.1",), job_webhook_secret=WEBHOOK_SECRET)
+    with (
+        serve(receiver, lifespan="off") as hook,
+        serve(app) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        body = {"model": "local/sketch", "prompt": "call me", "response_format": "b64_json"}
+        elsewhere = http.post(SUBMIT, json=body, headers={"x-webhook-url": "http://example.com/"})
+        assert elsewhere.status_code == 400
+        assert elsewhere.json()["error"]["param"] == "X-Webhook-URL"
+        job = http.post(SUBMIT, json=body, headers={"x-webhook-url": f"{hook}/done"}).json()
+        assert receiver.done.wait(30)
+        finished = wait_finished(http, job["id"])
+    assert len(receiver.deliveries) == 2
+    headers, payload = receiver.deliveries[-1]
+    assert json.loads(payload) == finished
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + payload
+    expected = hmac.new(WEBHOOK_SECRET.encode(), signed, hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(expected).decode()
+    assert headers["webhook-id"] == job["id"]
+
+
+def test_webhooks_are_off_by_default(client: httpx.Client) -> None:
+    body = {"model": "local/sketch", "prompt": "x"}
+    answer = client.post(SUBMIT, json=body, headers={"x-webhook-url": "http://127.0.0.1/"})
+    assert answer.status_code == 400
+    assert "off" in answer.json()["error"]["message"]
