@@ -258,6 +258,14 @@ class RedisJobQueue:
         self._depth = max(0, length - int(pending["pending"]))
 
     async def _serve(self, runner: JobRunner, entry_id: str, job_id: str) -> None:
+        """Run one entry's job; with Redis unreachable, leave the entry pending (another worker
+        takes it up after the lease)."""
+        try:
+            await self._run_entry(runner, entry_id, job_id)
+        except self._errors:
+            logger.warning("mesh-images: Redis unreachable; job %s is left to its lease", job_id)
+
+    async def _run_entry(self, runner: JobRunner, entry_id: str, job_id: str) -> None:
         key = self._key(job_id)
         raw = await self._client.hget(key, "record")
         record = None if raw is None else JobRecord.loads(raw)
