@@ -405,9 +405,13 @@ class ImagesApp:
             send = _without_body(send)
         await handler(self, scope, receive, send, request_id)
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    def check_open(self) -> None:
+        """503 ``provider_not_available`` while draining: no new generation, no new job."""
         if self._inflight.draining:
             raise _shutting_down()
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self.check_open()
         with self._inflight.track(send) as tracked:
             await self._serve_generation(scope, receive, tracked.send, request_id)
         if tracked.cut and not tracked.started:

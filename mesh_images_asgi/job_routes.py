@@ -22,7 +22,7 @@ import orjson
 
 from ._asgi import Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from .byok import read_client_keys
-from .errors import GatewayError, InternalError, InvalidRequest, NotFound, ProviderNotAvailable
+from .errors import GatewayError, InternalError, InvalidRequest, NotFound
 from .hosted import request_base
 from .job_queues import create_job_queue
 from .jobs import JobOutcome, JobPayload, JobQueue, JobRecord, new_job_id
@@ -161,10 +161,7 @@ class JobRoutes:
         self, path: str, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         app = self._app
-        if app.draining:
-            raise ProviderNotAvailable(
-                "This gateway is shutting down; retry the request.", retry_after_seconds=1.0
-            )
+        app.check_open()
         key, send = await app.admit(scope, send)
         webhook = self._webhooks.check(get_header(scope, WEBHOOK_HEADER))
         recorder = _Recorder(receive)
