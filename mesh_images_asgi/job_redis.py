@@ -121,6 +121,7 @@ class RedisJobQueue:
         self._depth = 0
         self._depth_at = 0.0
         self._next_sweep = 0.0
+        self._group_ready = False
         self._ended: JobEnded = lambda record: None
 
     def _key(self, job_id: str) -> str:
@@ -131,7 +132,6 @@ class RedisJobQueue:
 
     async def submit(self, record: JobRecord, payload: JobPayload) -> None:
         try:
-            await self._ensure_group()
             added = await self._submit(
                 keys=[self._stream, self._key(record.id)],
                 args=[self._size, record.id, record.dumps(), payload.dumps(), self._ttl],
@@ -175,8 +175,7 @@ class RedisJobQueue:
         return finished if ended else None
 
     async def start(self, runner: JobRunner, ended: JobEnded) -> None:
-        if self._loop is None:
-            await self._ensure_group()
+        if self._loop is None:  # the loop makes the group: Redis may be down at startup
             self._ended = ended
             self._loop = asyncio.create_task(self._consume(runner), name="mesh-images-jobs")
 
@@ -207,6 +206,7 @@ class RedisJobQueue:
                 entry = await self._next(lease_ms)
             except self._errors:
                 self._slots.release()
+                self._group_ready = False  # a restarted Redis may have lost it
                 logger.warning("mesh-images: Redis unreachable; the job worker retries in 1 s")
                 await asyncio.sleep(1)
                 continue
@@ -230,6 +230,9 @@ class RedisJobQueue:
     async def _next(self, lease_ms: int) -> tuple[str, str] | None:
         """One entry for this worker: a dead worker's past its lease first (looked for every
         quarter lease, and again at once after one was found), else a new one."""
+        if not self._group_ready:
+            await self._ensure_group()
+            self._group_ready = True
         claimed = []
         if time.monotonic() >= self._next_sweep:
             _, claimed, *_ = await self._client.xautoclaim(
