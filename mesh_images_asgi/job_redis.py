@@ -137,7 +137,7 @@ class RedisJobQueue:
                 args=[self._size, record.id, record.dumps(), payload.dumps(), self._ttl],
             )
         except self._errors:
-            logger.exception("mesh-images: could not queue a job in Redis")
+            logger.warning("mesh-images: Redis unreachable; a job submission was refused")
             raise _unreachable() from None
         if not added:
             raise queue_full()

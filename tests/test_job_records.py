@@ -1,17 +1,20 @@
 """The Redis queue's scripts on a real ``redis-server``: the first result wins, a finished job
-stays as it is, the queue bound holds across submitters."""
+stays as it is, the queue bound holds across submitters; and a gateway whose Redis is down."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.errors import ProviderNotAvailable
 from mesh_images_asgi.job_redis import RedisJobQueue
 from mesh_images_asgi.jobs import JobPayload, JobRecord, new_job_id
-from tests.support.redis import RedisServer, require_redis_server, shared_url
+from tests.support.live import serve
+from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
 
 pytestmark = pytest.mark.anyio
 
@@ -85,3 +88,16 @@ async def test_the_queue_bound_is_shared_by_every_submitter(redis_url: str) -> N
     finally:
         await one.aclose()
         await two.aclose()
+
+
+def test_a_gateway_starts_and_refuses_jobs_clearly_while_redis_is_down() -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = ImagesApp(Settings(redis_url=down, local_latency=0))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/v1/models").status_code == 200
+        answer = http.post(
+            "/v1/async/images/generations", json={"model": "local/sketch", "prompt": "x"}
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "provider_not_available"
+        assert "retry-after" in answer.headers
