@@ -171,6 +171,7 @@ def test_cancelling_queued_and_running_jobs(upstream: str, emulator: OpenAIEmula
         queued = http.post(SUBMIT, json={**body, "prompt": "never"}).json()["id"]
         assert emulator.wait_received(10)
         wait_status(http, running, "running")
+        assert "mesh_images_job_queue_depth 1.0" in http.get("/metrics").text
         cancelled = http.delete(f"/v1/async/jobs/{queued}")
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
