@@ -12,7 +12,7 @@ from ._asgi import Receive, Scope, get_header
 from ._cancel import CancelScope
 from .errors import RequestTimeout, RequestTooLarge, UnsupportedMediaType
 
-__all__ = ["ClientDisconnected", "check_body_headers", "read_body"]
+__all__ = ["ClientDisconnected", "check_body_headers", "check_body_size", "read_body"]
 
 
 class ClientDisconnected(Exception):
@@ -32,10 +32,15 @@ def check_body_headers(scope: Scope, max_bytes: int) -> None:
     if content_type is not None and not _is_json(content_type):
         shown = content_type.decode("latin-1")[:100]
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {shown!r}.")
+    check_body_size(scope, max_bytes)
+
+
+def check_body_size(scope: Scope, max_bytes: int) -> None:
+    """Refuse a compressed body, or one declared larger than ``max_bytes``, before reading it."""
     encoding = get_header(scope, b"content-encoding")
     if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
         raise UnsupportedMediaType(
-            "Content-Encoding is not supported on this route; send an uncompressed JSON body."
+            "Content-Encoding is not supported on this route; send an uncompressed body."
         )
     declared = get_header(scope, b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:

@@ -239,7 +239,9 @@ class RequestTimeout(GatewayError):
 
 
 class ModelRetired(GatewayError):
-    """The model was shut down by its provider and the gateway refuses it (``lifecycle.py``)."""
+    """The model was shut down by its provider and the gateway refuses it (``lifecycle.py``),
+    or what was asked of it was retired (Imagen's edit modes); the message names the
+    replacement."""
 
     status = 410
     code = "model_retired"
