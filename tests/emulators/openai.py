@@ -340,7 +340,8 @@ def check_body(body: Any, *, edit: bool = False) -> ErrorReply | None:
                 f"Missing required parameter: '{name}'.", name, "missing_required_parameter"
             )
     for name, value in body.items():
-        problem = None if value is None else _field_problem(name, value)
+        skip = value is None or (edit and name in _EDIT_ENUMS)  # checked above
+        problem = None if skip else _field_problem(name, value)
         if problem is not None:
             return problem
     if len(body["prompt"]) > 32000:
