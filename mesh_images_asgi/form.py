@@ -10,6 +10,7 @@ while reading, so nothing past them is ever held:
     the body past ``max_body_bytes``         413 request_too_large
     the body not complete in ``time_limit``  408 request_timeout
     a malformed body (boundary, headers)     400 invalid_request
+    a body ending before its last boundary   400 invalid_request
 
 Parts are kept in memory (no temporary files: nothing of a refused upload stays on disk) and in
 the order they came.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import MultipartState, parse_options_header
 
 from ._asgi import Receive
 from ._cancel import CancelScope
@@ -198,4 +199,8 @@ async def _read(receive: Receive, boundary: bytes, limits: FormLimits) -> list[F
         raise InvalidRequest("The multipart/form-data body is malformed.") from None
     if collector.error is not None:
         raise collector.error
+    if parser.state != MultipartState.END:
+        raise InvalidRequest(
+            "The multipart/form-data body ended before its closing boundary (truncated?)."
+        )
     return collector.parts

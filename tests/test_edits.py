@@ -211,6 +211,16 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         None,
     ),
     (
+        "truncated form",
+        {
+            "content": b'--xyz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhal',
+            "headers": {"content-type": "multipart/form-data; boundary=xyz"},
+        },
+        400,
+        "invalid_request",
+        None,
+    ),
+    (
         "no boundary",
         {"content": b"x", "headers": {"content-type": "multipart/form-data"}},
         400,
