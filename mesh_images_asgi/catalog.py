@@ -87,8 +87,8 @@ class EditCapabilities(BaseModel):
     mask: bool = False
     input_fidelity: bool = False
     sizes: tuple[str, ...] | None = None
-    """Output sizes of an edit, when they differ from the model's ``sizes``; ``"input"`` means
-    the size of the first image."""
+    """Output sizes an edit may ask for, when they differ from the model's ``sizes`` (no size:
+    the first image's)."""
     max_input_pixels: int = Field(default=16_777_216, ge=1)
     retired: str | None = None
     """Editing was retired upstream: the model to use instead (410 ``model_retired``)."""
