@@ -339,3 +339,38 @@ async def test_an_edit_is_a_job_of_kind_edit_on_the_generation_path() -> None:
     assert served.status_code == 200, served.text
     assert seen == [("edit", 2)]
     assert 'route="/v1/images/edits"' in metrics
+
+
+@pytest.mark.anyio
+async def test_an_edit_is_retried_then_falls_back_like_a_generation() -> None:
+    from mesh_images_asgi.errors import UpstreamError
+    from mesh_images_asgi.providers.local import LocalProvider
+
+    attempts: list[tuple[str, str]] = []
+
+    class Failing:
+        name = "openai"
+
+        async def generate(self, job: Any, on_partial: Any = None) -> Any:
+            attempts.append((job.entry.id, job.kind))
+            raise UpstreamError("OpenAI answered 500.", provider_code="internal_provider_error")
+
+        async def aclose(self) -> None:
+            return None
+
+    settings = Settings(retry_backoff=0, retries_per_model=1, local_latency=0)
+    app = ImagesApp(settings, providers={"openai": Failing(), "local": LocalProvider(0)})
+    body = {
+        "model": "openai/gpt-image-2",
+        "models": ["local/sketch"],
+        "image": data_url(PNG),
+        "prompt": "a cat",
+        "response_format": "b64_json",
+    }
+    async with client_for(app) as client:
+        response = await client.post(EDITS, json=body)
+    assert response.status_code == 200, response.text
+    assert attempts == [("openai/gpt-image-2", "edit")] * 2  # the first try and one retry
+    assert response.headers["x-mesh-routing-model"] == "local/sketch"
+    assert response.headers["x-mesh-routing-fallback"] == "true"
+    assert decode_item(response.json()["data"][0]).size == (64, 48)  # the fallback edited it
