@@ -374,3 +374,12 @@ async def test_an_edit_is_retried_then_falls_back_like_a_generation() -> None:
     assert response.headers["x-mesh-routing-model"] == "local/sketch"
     assert response.headers["x-mesh-routing-fallback"] == "true"
     assert decode_item(response.json()["data"][0]).size == (64, 48)  # the fallback edited it
+
+
+@pytest.mark.anyio
+async def test_imagen_edits_stay_retired_when_retired_models_are_served() -> None:
+    async with app_client(retired_models="serve") as client:
+        response = await client.post(EDITS, **form(PNG, model="vertex/imagen-4"))
+    message = assert_refused(response, 410, "model_retired", "model")
+    assert "Image editing" in message
+    assert "vertex/gemini-3.1-flash-image" in message

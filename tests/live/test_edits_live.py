@@ -259,7 +259,7 @@ def test_an_openai_refusal_of_the_edit_is_our_invalid_request(up: Live) -> None:
 def test_meshapi_edit_reaches_gemini_as_inline_data_parts(up: Live) -> None:
     response = up.mesh_sdk().images.edit(
         ImageEditParams(
-            model="vertex/gemini-2.5-flash-image",
+            model="vertex/gemini-3.1-flash-image",
             image=data_url(PHOTO),
             reference_images=[data_url(OTHER, "image/webp")],
             prompt="put them side by side",
@@ -294,7 +294,7 @@ def test_gemini_takes_no_mask_and_imagen_edits_are_retired(up: Live) -> None:
     client = up.openai_sdk()
     with pytest.raises(openai.BadRequestError) as masked:
         client.images.edit(
-            model="vertex/gemini-2.5-flash-image",
+            model="vertex/gemini-3-pro-image",
             image=("a.png", PHOTO, "image/png"),
             mask=("m.png", MASK, "image/png"),
             prompt="x",
