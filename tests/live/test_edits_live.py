@@ -35,6 +35,7 @@ class Live:
     openai: OpenAIEmulator
     vertex: VertexEmulator
     gateway: str
+    vertex_url: str
 
     def openai_sdk(self) -> OpenAI:
         return OpenAI(base_url=self.gateway + "/v1", api_key="x", max_retries=0)
@@ -57,7 +58,7 @@ def live() -> Iterator[Live]:
             max_attempts=1,
         )
         with serve(ImagesApp(settings)) as gateway:
-            yield Live(openai_emulator, vertex_emulator, gateway)
+            yield Live(openai_emulator, vertex_emulator, gateway, vertex_url)
 
 
 @pytest.fixture
@@ -308,3 +309,18 @@ def test_gemini_takes_no_mask_and_imagen_edits_are_retired(up: Live) -> None:
     assert retired.value.body["code"] == "model_retired"
     assert "gemini" in retired.value.body["message"]
     assert up.vertex.requests == []
+
+
+def test_an_imagen_edit_is_a_gemini_edit_when_retired_models_are_replaced(up: Live) -> None:
+    settings = Settings(
+        vertex_api_key=VERTEX_KEY, vertex_base_url=up.vertex_url, retired_models="replace"
+    )
+    with serve(ImagesApp(settings)) as gateway:
+        client = OpenAI(base_url=gateway + "/v1", api_key="x", max_retries=0)
+        response = client.images.edit(
+            model="vertex/imagen-4", image=("a.png", PHOTO, "image/png"), prompt="x"
+        )
+    assert response.data is not None
+    (call,) = up.vertex.calls
+    assert (call.model, call.method) == ("gemini-3.1-flash-image", "generateContent")
+    assert [p.size for p in call.inputs] == [(96, 64)]
