@@ -424,13 +424,6 @@ class ImagesApp:
         self, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         """Served as an edit by the models that declare ``variations``; else a clear error."""
-        if not any(entry.variations for entry in self.service.enabled_models()):
-            raise InvalidRequest(
-                "Image variations were a DALL-E 2 feature, and DALL-E 2 is retired; no model "
-                "here declares variations. Use POST /v1/images/edits with the image and a "
-                "prompt describing the variation.",
-                param="model",
-            )
         await self._serve(scope, receive, send, request_id, self._read_variation)
 
     async def _serve(
@@ -459,6 +452,13 @@ class ImagesApp:
     async def _read_variation(
         self, scope: Scope, receive: Receive
     ) -> tuple[ImageRequest, EditInputs | None]:
+        if not any(entry.variations for entry in self.service.enabled_models()):
+            raise InvalidRequest(  # before a byte of the upload is read
+                "Image variations were a DALL-E 2 feature, and DALL-E 2 is retired; no model "
+                "here declares variations. Use POST /v1/images/edits with the image and a "
+                "prompt describing the variation.",
+                param="model",
+            )
         request, inputs = await read_edit(
             scope,
             receive,

@@ -332,10 +332,12 @@ async def test_an_edit_is_a_job_of_kind_edit_on_the_generation_path() -> None:
     app = ImagesApp(settings, providers={"local": Recording()}, metrics_route=True)
     async with client_for(app) as client:
         anonymous = await client.post(EDITS, **form(PNG))
+        anonymous_variation = await client.post("/v1/images/variations", **form(PNG))
         headers = {"authorization": f"Bearer {key}"}
         served = await client.post(EDITS, headers=headers, **form(PNG, PNG))
         metrics = (await client.get("/metrics", headers=headers)).text
     assert anonymous.status_code == 401
+    assert anonymous_variation.status_code == 401  # the key first, then what the route says
     assert served.status_code == 200, served.text
     assert seen == [("edit", 2)]
     assert 'route="/v1/images/edits"' in metrics
