@@ -324,3 +324,22 @@ def test_an_imagen_edit_is_a_gemini_edit_when_retired_models_are_replaced(up: Li
     (call,) = up.vertex.calls
     assert (call.model, call.method) == ("gemini-3.1-flash-image", "generateContent")
     assert [p.size for p in call.inputs] == [(96, 64)]
+
+
+def test_the_vertex_credentials_a_client_brings_are_used_for_its_edit(up: Live) -> None:
+    settings = Settings(
+        vertex_api_key="AQ.not-the-emulators-key", vertex_base_url=up.vertex_url, max_attempts=1
+    )
+    with serve(ImagesApp(settings)) as gateway:
+        client = OpenAI(base_url=gateway + "/v1", api_key="x", max_retries=0)
+        response = client.images.edit(
+            model="vertex/gemini-3.1-flash-image",
+            image=("a.png", PHOTO, "image/png"),
+            prompt="x",
+            extra_headers={"X-Vertex-Credentials": VERTEX_KEY},
+        )
+    assert response.data is not None
+    (request,) = up.vertex.requests
+    assert request.headers["x-goog-api-key"] == VERTEX_KEY  # the client's, not the gateway's
+    (call,) = up.vertex.calls
+    assert [p.size for p in call.inputs] == [(96, 64)]
