@@ -73,15 +73,11 @@ def b64_image(item: Any) -> Image.Image:
 
 
 def final_stream_image(events: list[dict[str, Any]]) -> Image.Image:
-    """The finished image of a stream in either dialect: OpenAI's ``image_edit.completed`` event
-    (issue 19's dialect for the openai SDK) or Mesh's completed ``image.chunk``."""
-    last = events[-1]
-    if last.get("type") == "image_edit.completed":
-        return decode_image(base64.b64decode(last["b64_json"]))
-    assert last["status"] == "completed"
-    item = last["data"][0]
-    encoded = item.get("b64_json") or item["url"].split(",", 1)[1]
-    return decode_image(base64.b64decode(encoded))
+    """The finished image of an edit's stream in OpenAI's dialect (the openai SDK's): typed
+    ``image_edit.*`` events, the last one ``image_edit.completed``."""
+    assert {event["type"] for event in events[:-1]} <= {"image_edit.partial_image"}
+    assert events[-1]["type"] == "image_edit.completed"
+    return decode_image(base64.b64decode(events[-1]["b64_json"]))
 
 
 def assert_masked_edit(original: bytes, edited: Image.Image) -> None:
