@@ -339,3 +339,15 @@ def test_the_vertex_credentials_a_client_brings_are_used_for_its_edit(up: Live) 
     assert request.headers["x-goog-api-key"] == VERTEX_KEY  # the client's, not the gateway's
     (call,) = up.vertex.calls
     assert [p.size for p in call.inputs] == [(96, 64)]
+
+
+def test_the_mesh_model_list_says_which_models_edit(up: Live) -> None:
+    models = {model.id: model for model in up.mesh_sdk().models.list()}
+    local, gemini = models["local/sketch"], models["vertex/gemini-3.1-flash-image"]
+    assert local.supports_image_edit
+    assert local.supports_image_inpaint
+    assert local.supports_image_upscale
+    assert local.supports_image_reference
+    assert gemini.supports_image_mix
+    assert not gemini.supports_image_inpaint  # it takes no mask
+    assert "image" in local.input_modalities
