@@ -14,12 +14,13 @@
 The edit-only fields (``operation``, ``input_fidelity``, ``upscale_factor``, ``expand_factor``)
 go into ``EditInputs``; everything else is validated by the same schema as a generation, so an
 unknown field is forwarded to OpenAI-compatible upstreams and refused (422) by the others. Images
-are checked by their content (``edit_inputs.check_image``), in a worker thread.
+are decoded and checked by their content (``edit_inputs.check_image``) in a worker thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -65,24 +66,27 @@ async def read_edit(
     content_type = get_header(scope, b"content-type") or b""
     media_type = content_type.split(b";", 1)[0].strip().lower()
     check_body_size(scope, limits.max_body_bytes)
-    decoded: Decoded
+    decode: Callable[[], Decoded]
     if media_type == b"multipart/form-data":
         parts = await read_form(receive, boundary_of(content_type), limits, time_limit)
-        decoded = _from_form(parts)
+        decode = partial(_from_form, parts)
     elif media_type in (b"", b"application/json"):
         body = await read_body(receive, limits.max_body_bytes, time_limit)
-        decoded = _from_json(body)
+        decode = partial(_from_json, body)
     else:
         shown = content_type.decode("latin-1")[:100]
         raise UnsupportedMediaType(
             "Content-Type must be multipart/form-data (OpenAI's form) or application/json "
             f"(Mesh's), not {shown!r}."
         )
-    return await anyio.to_thread.run_sync(_build, decoded, default_prompt)
+    # Decoding (JSON, base64) and checking images take milliseconds per megabyte: not on the loop.
+    return await anyio.to_thread.run_sync(_build, decode, default_prompt)
 
 
-def _build(decoded: Decoded, default_prompt: str | None) -> tuple[ImageRequest, EditInputs]:
-    fields, images, mask = decoded
+def _build(
+    decode: Callable[[], Decoded], default_prompt: str | None
+) -> tuple[ImageRequest, EditInputs]:
+    fields, images, mask = decode()
     if not fields.get("prompt") and default_prompt is not None:
         fields["prompt"] = default_prompt
     edit = {name: fields.pop(name) for name in _EDIT_FIELDS if name in fields}
