@@ -3,8 +3,9 @@
 An upload is an image only if Pillow recognizes its bytes as PNG, JPEG or WebP, whatever its file
 name or declared type says. Dimensions come from the header, before a pixel is decoded, so a
 decompression bomb (a small file that decodes to billions of pixels) is refused without being
-decoded; PNG files are then walked chunk by chunk (``verify``), which catches truncated and
-corrupt files at no cost in memory. A mask must have an alpha channel (alpha 0 marks where to
+decoded; PNG files are then walked chunk by chunk (``verify``) and JPEG files decoded at 1/8
+scale, which catches truncated and corrupt files at little cost in memory (Pillow decodes a WebP
+file when it opens it). A mask must have an alpha channel (alpha 0 marks where to
 edit) and the size of the first image.
 
     EditInputs
@@ -128,6 +129,11 @@ def check_image(data: bytes, param: str) -> InputImage:
                 has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
                 if fmt == "png":
                     image.verify()  # every chunk's CRC: truncated or corrupt files fail here
+                elif fmt == "jpeg":
+                    # The whole stream decoded at 1/8 scale (JPEG's DCT scaling): a truncated or
+                    # corrupt file fails here, for 1/64 of the pixels' memory.
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.load()
     except InvalidRequest:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -20,6 +20,8 @@ from tests.support.leaks import WATCH
 
 EDITS = "/v1/images/edits"
 PNG = solid(64, 48)
+JPEG = solid(200, 200, fmt="JPEG")
+WEBP = solid(200, 200, fmt="WEBP")
 
 
 def form(*images: bytes, mask: bytes | None = None, **fields: str) -> dict[str, Any]:
@@ -137,6 +139,8 @@ async def test_mix_blends_every_image_and_the_openai_json_form_is_taken() -> Non
 REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("text named .png", form(b"hello, not an image"), 400, "invalid_request", "image"),
     ("truncated png", form(PNG[: len(PNG) // 2]), 400, "invalid_request", "image"),
+    ("truncated jpeg", form(JPEG[: len(JPEG) // 2]), 400, "invalid_request", "image"),
+    ("truncated webp", form(WEBP[: len(WEBP) // 2]), 400, "invalid_request", "image"),
     ("gif", form(encoded(Image.new("RGB", (8, 8)), "GIF")), 400, "invalid_request", "image"),
     ("17 images", form(*[PNG] * 17), 400, "invalid_request", "image"),
     ("mask of another size", form(PNG, mask=half_mask(32, 32)), 400, "invalid_request", "mask"),

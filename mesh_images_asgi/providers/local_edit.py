@@ -23,6 +23,7 @@ from PIL import Image, ImageChops, ImageFilter, ImageOps
 
 from ..catalog import parse_wxh
 from ..edit_inputs import EditInputs
+from ..errors import InvalidRequest
 from .base import GenerationJob
 
 __all__ = ["Painting", "edit_image", "edit_size"]
@@ -37,8 +38,12 @@ _BACKGROUND_TOLERANCE = 48
 
 
 def _open(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return ImageOps.exif_transpose(image).convert("RGBA")
+    """An input as RGBA; one that does not decode after all is the client's 400, not our 500."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return ImageOps.exif_transpose(image).convert("RGBA")
+    except (OSError, SyntaxError, ValueError):
+        raise InvalidRequest("An input image is damaged or truncated.", param="image") from None
 
 
 def edit_size(job: GenerationJob) -> tuple[int, int]:
