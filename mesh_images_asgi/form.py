@@ -25,9 +25,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartState, parse_options_header
 
 from ._asgi import Receive
-from ._cancel import CancelScope
-from .body import ClientDisconnected
-from .errors import GatewayError, InvalidRequest, RequestTimeout, RequestTooLarge
+from .body import chunks, within
+from .errors import GatewayError, InvalidRequest, RequestTooLarge
 
 __all__ = ["FormLimits", "FormPart", "boundary_of", "read_form"]
 
@@ -163,36 +162,23 @@ async def read_form(
     receive: Receive, boundary: bytes, limits: FormLimits, time_limit: float | None
 ) -> list[FormPart]:
     """Read and parse the whole form body; the parts in order, or the error that refused it."""
-    if time_limit is None:
-        return await _read(receive, boundary, limits)
-    with CancelScope(timeout=time_limit):
-        return await _read(receive, boundary, limits)
-    raise RequestTimeout(f"The request body did not arrive within {time_limit:g} s.")
+    return await within(time_limit, _read(receive, boundary, limits))
 
 
 async def _read(receive: Receive, boundary: bytes, limits: FormLimits) -> list[FormPart]:
     collector = _Collector(limits)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            collector.parts.clear()
-            raise RequestTooLarge(
-                f"Request body is larger than the limit of {limits.max_body_bytes} bytes."
-            )
-        try:
-            parser.write(chunk)
-        except MultipartParseError:
-            raise InvalidRequest("The multipart/form-data body is malformed.") from None
-        if collector.error is not None:
-            raise collector.error
-        if not message.get("more_body", False):
-            break
+    try:
+        async for chunk in chunks(receive, limits.max_body_bytes):
+            try:
+                parser.write(chunk)
+            except MultipartParseError:
+                raise InvalidRequest("The multipart/form-data body is malformed.") from None
+            if collector.error is not None:
+                raise collector.error
+    except RequestTooLarge:
+        collector.parts.clear()  # nothing of a refused upload is kept
+        raise
     try:
         parser.finalize()
     except MultipartParseError:
