@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from .auth import GatewayKeys
+from .content_coding import DEFAULT_MAX_UPSTREAM_BYTES
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     """Seconds to connect to an upstream."""
     max_upstream_connections: int = Field(default=256, ge=1)
     """Connections the shared upstream client may open (all providers together)."""
+    max_upstream_bytes: int = Field(default=DEFAULT_MAX_UPSTREAM_BYTES, ge=1)
+    """Largest upstream answer accepted, counted after decoding while it is read (502 past it)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     """Largest request body accepted (413 past it)."""
     max_edit_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)

@@ -1,0 +1,185 @@
+"""The default upstream client: one ``aiohttp.ClientSession`` per app, behind ``transport``.
+
+Chosen over pyreqwest, httpx over httpx-aiohttp and plain httpx by the hostile-upstream suite
+(``tests/test_hostile_upstreams.py``) first and speed second (docs/benchmarks.md). What it is set
+to do, and what aiohttp gives:
+
+- proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``: ``trust_env``),
+  HTTPS through a proxy by ``CONNECT``;
+- the system CA store through ``ssl.create_default_context()``, so ``SSL_CERT_FILE`` and
+  ``SSL_CERT_DIR`` apply (OpenSSL reads them); no certifi fallback;
+- Happy Eyeballs (RFC 8305, ``aiohappyeyeballs``): an address that never answers costs 250 ms,
+  not the connect timeout; ``resolver`` is aiohttp's hook for tests;
+- at most 128 header lines of at most 8190 bytes each (aiohttp's parser limits);
+- no redirects followed, no cookies kept, no request sent twice (aiohttp retries only idempotent
+  methods on a stale connection, and we only POST);
+- the body is decoded by ``content_coding.py`` (``Accept-Encoding: gzip, deflate``), not by
+  aiohttp, which accepts a gzip stream cut before its end.
+
+aiohttp speaks HTTP/1.1 only; none of the maintained asyncio clients with HTTP/2 passed the suite
+as fast (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from .content_coding import ACCEPT_ENCODING, BodyDecoder, DecodingError
+from .errors import GatewayError
+from .transport import (
+    Answer,
+    UpstreamResponse,
+    bad_response,
+    broken_answer,
+    certificate_failed,
+    refuse_redirect,
+    split_lines,
+    too_slow,
+    unreachable,
+)
+
+__all__ = ["AiohttpUpstream"]
+
+
+class _AiohttpResponse:
+    __slots__ = ("_body", "_decoder", "_provider", "_response")
+
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, limit: int) -> None:
+        self._provider = provider
+        self._response = response
+        self._body: bytes | None = None
+        try:
+            self._decoder = BodyDecoder(response.headers.get("content-encoding"), limit)
+        except DecodingError as exc:
+            raise bad_response(provider, str(exc)) from None
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def aread(self) -> bytes:
+        if self._body is None:
+            self._body = b"".join([chunk async for chunk in self._chunks()])
+        return self._body
+
+    def aiter_lines(self) -> AsyncIterator[str]:
+        return split_lines(self._chunks())
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                if decoded := self._decoder.feed(chunk):
+                    yield decoded
+            self._decoder.finish()
+        except aiohttp.SocketTimeoutError:
+            raise too_slow(self._provider) from None
+        except (aiohttp.ClientError, OSError):
+            raise broken_answer(self._provider) from None
+        except DecodingError as exc:
+            raise bad_response(self._provider, str(exc)) from None
+
+
+class AiohttpUpstream:
+    """The gateway's own client. ``read_timeout`` (seconds an answer's headers or its next bytes
+    may take; None: none) is off in the gateway: routing's deadline bounds every call, and a
+    model's catalog deadline may be longer than the default one. ``max_answer_bytes`` caps an
+    answer after decoding (``MESH_IMAGES_MAX_UPSTREAM_BYTES``)."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        max_connections: int,
+        max_answer_bytes: int,
+        read_timeout: float | None = None,
+        keepalive_expiry: float = 30.0,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._options = (connect_timeout, max_connections, read_timeout, keepalive_expiry)
+        self._resolver = resolver
+        self.max_answer_bytes = max_answer_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        """Made on first use: aiohttp binds a session to the running loop."""
+        if self._closed:
+            raise GatewayError("The upstream client is closed.")
+        if self._session is None:
+            connect_timeout, max_connections, read_timeout, keepalive_expiry = self._options
+            connector = aiohttp.TCPConnector(
+                limit=max_connections,
+                keepalive_timeout=keepalive_expiry,
+                ssl=ssl.create_default_context(),
+                resolver=self._resolver,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=True,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=connect_timeout, sock_read=read_timeout
+                ),
+            )
+        return self._session
+
+    async def _send(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        session = self._open_session()
+        try:
+            return await session.post(url, data=content, headers=headers, allow_redirects=False)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            why = getattr(exc.certificate_error, "verify_message", exc.certificate_error)
+            raise certificate_failed(provider, why) from None
+        except aiohttp.SocketTimeoutError:
+            raise too_slow(provider) from None
+        except aiohttp.ClientHttpProxyError:
+            raise unreachable(provider) from None
+        except aiohttp.ClientResponseError as exc:  # an answer's head aiohttp refused to parse
+            raise bad_response(provider, f"a malformed head ({exc.message})") from None
+        except (aiohttp.ClientError, OSError):  # a connect timeout too, as on a user's httpx client
+            raise unreachable(provider) from None
+
+    @asynccontextmanager
+    async def post(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        response = await self._send(provider, url, content, headers)
+        try:
+            refuse_redirect(provider, response.status)
+            yield _AiohttpResponse(provider, response, self.max_answer_bytes)
+        finally:
+            # Back to the pool only when read to its end; otherwise the connection is dropped,
+            # which is how an upstream learns nobody waits for its answer any more.
+            if response.content.is_eof():
+                response.release()
+            else:
+                response.close()
+
+    async def fetch(
+        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> Answer:
+        async with self.post(provider, url, content, headers) as response:
+            body = await response.aread()
+            return Answer(response.status_code, response.headers, body)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
