@@ -76,6 +76,8 @@ class BodyDecoder:
             decoded = self._decoder.decompress(data, self._left + 1)
         except zlib.error:
             raise TruncatedEncoding("a corrupt compressed body") from None
+        if self._decoder.unused_data:
+            raise TruncatedEncoding("bytes after the end of its compressed body")
         return self._count(decoded)
 
     def finish(self) -> None:
