@@ -4,8 +4,10 @@ Chosen over pyreqwest, httpx over httpx-aiohttp and plain httpx by the hostile-u
 (``tests/test_hostile_upstreams.py``) first and speed second (docs/benchmarks.md). What it is set
 to do, and what aiohttp gives:
 
-- proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``: ``trust_env``),
-  HTTPS through a proxy by ``CONNECT``;
+- proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, as aiohttp's
+  ``trust_env`` reads them), HTTPS through a proxy by ``CONNECT``. They are looked up once per
+  origin and kept (``_EnvProxies``): ``trust_env`` itself reads the environment and ``~/.netrc``
+  on every request, which cost about half the gateway's rate at c=32;
 - the system CA store through ``ssl.create_default_context()``, so ``SSL_CERT_FILE`` and
   ``SSL_CERT_DIR`` apply (OpenSSL reads them); no certifi fallback;
 - Happy Eyeballs (RFC 8305, ``aiohappyeyeballs``): an address that never answers costs 250 ms,
@@ -28,6 +30,8 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from .content_coding import ACCEPT_ENCODING, BodyDecoder, DecodingError
 from .errors import GatewayError
@@ -68,7 +72,15 @@ class _AiohttpResponse:
 
     async def aread(self) -> bytes:
         if self._body is None:
-            self._body = b"".join([chunk async for chunk in self._chunks()])
+            length = self._response.content_length
+            if not self._decoder.identity or length is None:
+                self._body = b"".join([chunk async for chunk in self._chunks()])
+                return self._body
+            try:  # the common answer, framed by its length: checked against the cap up front
+                self._decoder.reserve(length)
+                self._body = await self._response.read()
+            except _FAILURES as exc:
+                raise _failure(self._provider, exc) from None
         return self._body
 
     def aiter_lines(self) -> AsyncIterator[str]:
@@ -80,12 +92,46 @@ class _AiohttpResponse:
                 if decoded := self._decoder.feed(chunk):
                     yield decoded
             self._decoder.finish()
-        except aiohttp.SocketTimeoutError:
-            raise too_slow(self._provider) from None
-        except (aiohttp.ClientError, OSError):
-            raise broken_answer(self._provider) from None
-        except DecodingError as exc:
-            raise bad_response(self._provider, str(exc)) from None
+        except _FAILURES as exc:
+            raise _failure(self._provider, exc) from None
+
+
+_FAILURES = (aiohttp.ClientError, OSError, DecodingError)
+
+
+def _failure(provider: str, exc: BaseException) -> GatewayError:
+    """What a failure while reading an answer's body is."""
+    if isinstance(exc, DecodingError):
+        return bad_response(provider, str(exc))
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return too_slow(provider)
+    return broken_answer(provider)
+
+
+_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
+
+
+class _EnvProxies:
+    """The proxy the environment names for an origin (aiohttp's own rules), kept per origin."""
+
+    __slots__ = ("_known",)
+    _MAX = 64
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str | None, int | None], _Proxy] = {}
+
+    def __call__(self, url: URL) -> _Proxy:
+        origin = (url.scheme, url.host, url.port)
+        proxy = self._known.get(origin)
+        if proxy is None:
+            try:
+                proxy = get_env_proxy_for_url(url)
+            except LookupError:
+                proxy = (None, None)
+            if len(self._known) >= self._MAX:
+                self._known.clear()
+            self._known[origin] = proxy
+        return proxy
 
 
 class AiohttpUpstream:
@@ -109,6 +155,7 @@ class AiohttpUpstream:
         self.max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._proxies = _EnvProxies()
 
     def _open_session(self) -> aiohttp.ClientSession:
         """Made on first use: aiohttp binds a session to the running loop."""
@@ -124,7 +171,6 @@ class AiohttpUpstream:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=True,
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"Accept-Encoding": ACCEPT_ENCODING},
@@ -138,8 +184,17 @@ class AiohttpUpstream:
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
         session = self._open_session()
+        target = URL(url)
+        proxy, proxy_auth = self._proxies(target)
         try:
-            return await session.post(url, data=content, headers=headers, allow_redirects=False)
+            return await session.post(
+                target,
+                data=content,
+                headers=headers,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
         except aiohttp.ClientConnectorCertificateError as exc:
             why = getattr(exc.certificate_error, "verify_message", exc.certificate_error)
             raise certificate_failed(provider, why) from None

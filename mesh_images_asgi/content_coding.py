@@ -64,9 +64,19 @@ class BodyDecoder:
             raise UnknownEncoding(f"a body in the encoding {content_encoding!r} we did not ask for")
         self._decoder = zlib.decompressobj(_WBITS[codings[0]]) if codings else None
 
+    @property
+    def identity(self) -> bool:
+        """The body is not encoded: its bytes are the answer's."""
+        return self._decoder is None
+
+    def reserve(self, size: int) -> None:
+        """Count ``size`` bytes of an unencoded body read in one piece (not fed)."""
+        self._count(size)
+
     def feed(self, data: bytes) -> bytes:
         if self._decoder is None:
-            return self._count(data)
+            self._count(len(data))
+            return data
         if self._decoder.eof:
             if data:
                 raise TruncatedEncoding("bytes after the end of its compressed body")
@@ -78,17 +88,17 @@ class BodyDecoder:
             raise TruncatedEncoding("a corrupt compressed body") from None
         if self._decoder.unused_data:
             raise TruncatedEncoding("bytes after the end of its compressed body")
-        return self._count(decoded)
+        self._count(len(decoded))
+        return decoded
 
     def finish(self) -> None:
         """The body ended: it must have ended where its coding says it does."""
         if self._decoder is not None and not self._decoder.eof:
             raise TruncatedEncoding("a compressed body cut before its end")
 
-    def _count(self, data: bytes) -> bytes:
-        self._left -= len(data)
+    def _count(self, size: int) -> None:
+        self._left -= size
         if self._left < 0:
             raise AnswerTooLarge(
                 f"an answer larger than {self._limit} bytes (MESH_IMAGES_MAX_UPSTREAM_BYTES)"
             )
-        return data

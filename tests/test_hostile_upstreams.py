@@ -158,6 +158,20 @@ async def test_a_small_gzip_bomb_is_refused_past_the_cap(client: UpstreamClient)
     assert "larger than 1048576 bytes" in error.message
 
 
+async def test_a_length_past_the_cap_is_refused_before_reading(client: UpstreamClient) -> None:
+    # The body never comes: a client that read it before checking would wait forever.
+    async def handler(reader: Reader, writer: Writer, server: RawServer) -> None:
+        await read_request(reader, server)
+        writer.write(head("200 OK", f"Content-Length: {100 * CAP}") + b"{")
+        await wait_closed_by_peer(reader, server)
+
+    async with raw_server(handler) as server:
+        error = await refused(client, server.url())
+        with anyio.fail_after(10):  # only a hang: the connection is dropped, not kept
+            await server.closed.wait()
+    assert "MESH_IMAGES_MAX_UPSTREAM_BYTES" in error.message
+
+
 async def test_an_answer_under_the_cap_is_decoded(client: UpstreamClient) -> None:
     body = b'{"data": "' + b"a" * (CAP // 2) + b'"}'
 
