@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
 import socket
 import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -362,6 +364,36 @@ async def test_ssl_cert_file_names_the_trusted_authorities(
     assert answer.content == b'{"ok": true}'
 
 
+@pytest.fixture
+def hashed_cert_dir(ca: trustme.CA, tmp_path: Path) -> Path:
+    """The CA in a hashed directory, as c_rehash makes one (the openssl command names it)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    command = ["openssl", "x509", "-hash", "-noout", "-in", str(pem)]
+    subject_hash = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / f"{subject_hash.strip()}.0").write_bytes(pem.read_bytes())
+    return certs
+
+
+async def test_ssl_cert_dir_names_the_trusted_authorities(
+    ca: trustme.CA, hashed_cert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "absent.pem"))  # the directory only
+    monkeypatch.setenv("SSL_CERT_DIR", str(hashed_cert_dir))
+    made = create_upstream_client(Settings())
+    try:
+        async with raw_server(ok_handler, tls=tls_context(ca)) as server:
+            url = server.url(scheme="https", host="localhost")
+            answer = await made.fetch("Test", url, b"{}", {})
+    finally:
+        await made.aclose()
+    assert answer.content == b'{"ok": true}'
+
+
 class Blackholed:
     """An IPv6 listener on ::1 whose accept queue is full: the kernel drops further SYNs, as a
     blackholed route does, so a connect to it never completes."""
@@ -465,6 +497,24 @@ async def test_https_proxy_from_the_environment_carries_the_call(
     assert answer.content == b'{"ok": true}'
     assert tunnels == [f"CONNECT localhost:{upstream.port} HTTP/1.1".encode()]
     assert len(upstream.heads) == 1  # the request itself, through the tunnel
+
+
+async def test_no_proxy_names_hosts_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a proxy address where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    made = create_upstream_client(Settings())
+    try:
+        async with raw_server(ok_handler) as server:
+            direct = await made.fetch("Test", server.url(host="localhost"), b"{}", {})
+            with pytest.raises(UpstreamError):  # not in NO_PROXY: through the dead proxy
+                await made.fetch("Test", server.url(), b"{}", {})
+    finally:
+        await made.aclose()
+    assert direct.content == b'{"ok": true}'
+    assert len(server.heads) == 1
 
 
 async def test_errors_are_gateway_errors(client: UpstreamClient) -> None:
