@@ -18,8 +18,8 @@ to do, and what aiohttp gives:
 - the body is decoded by ``content_coding.py`` (``Accept-Encoding: gzip, deflate``), not by
   aiohttp, which accepts a gzip stream cut before its end.
 
-aiohttp speaks HTTP/1.1 only; none of the maintained asyncio clients with HTTP/2 passed the suite
-as fast (docs/benchmarks.md).
+aiohttp speaks HTTP/1.1 only; pyreqwest, the candidate with HTTP/2, did not pass the suite
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ class AiohttpUpstream:
             raise too_slow(provider) from None
         except aiohttp.ClientHttpProxyError:
             raise unreachable(provider) from None
-        except aiohttp.ClientResponseError as exc:  # an answer's head aiohttp refused to parse
-            raise bad_response(provider, f"a malformed head ({exc.message})") from None
+        except aiohttp.ClientResponseError:  # a head aiohttp refused; its text quotes the upstream
+            raise bad_response(provider, "a malformed or oversized head") from None
         except (aiohttp.ClientError, OSError):  # a connect timeout too, as on a user's httpx client
             raise unreachable(provider) from None
 

@@ -119,6 +119,7 @@ async def test_a_header_flood_is_refused(client: UpstreamClient, flood: list[str
     async with raw_server(handler) as server:
         error = await refused(client, server.url())
     assert error.provider_code == "bad_response"
+    assert "a malformed or oversized head" in error.message  # and none of the upstream's bytes
 
 
 def endless_gzip() -> Iterator[bytes]:
