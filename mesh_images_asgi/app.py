@@ -27,15 +27,19 @@ from .cors import with_cors
 from .cost import cost_headers
 from .dialects import model_dialect, stream_dialect
 from .disconnect import call_until_disconnect
+from .edit_inputs import EditInputs
+from .edit_request import read_edit
 from .errors import (
     GatewayError,
     InternalError,
+    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
     ProviderNotAvailable,
     ServiceUnavailable,
 )
+from .form import FormLimits
 from .hosted import request_base, serve_hosted
 from .inflight import InFlight
 from .job_metrics import JobMetrics
@@ -68,11 +72,22 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "HOSTED_ROUTE", "MODELS_PATH", "MODEL_PATH", "ImagesApp", "Reader"]
+__all__ = [
+    "EDITS_PATH",
+    "GENERATIONS_PATH",
+    "HOSTED_ROUTE",
+    "MODELS_PATH",
+    "MODEL_PATH",
+    "VARIATIONS_PATH",
+    "ImagesApp",
+    "Reader",
+]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 GENERATIONS_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
+VARIATIONS_PATH = "/v1/images/variations"
 MODELS_PATH = "/v1/models"
 MODEL_PATH = "/v1/models/{model}"
 """One model; the id may hold ``/`` (``local/sketch``), so everything after the prefix is it."""
@@ -83,8 +98,8 @@ HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
 """The embedded image store's images (the route's name in metrics and logs)."""
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
-Reader = Callable[["ImagesApp", Scope, Receive], Awaitable[ImageRequest]]
-"""Reads and validates one route's request body (the synchronous route's and its jobs')."""
+Reader = Callable[[Scope, Receive], Awaitable[tuple[ImageRequest, EditInputs | None]]]
+"""Reads one request form: a generation's JSON, or an edit's form or JSON and its images."""
 _JSON = b"application/json"
 
 
@@ -166,7 +181,7 @@ class ImagesApp:
     * **providers** - replace the providers the settings would enable (tests, custom upstreams).
     * **catalog** - replace the model catalog.
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
-      an ``http1.py`` connection pool is created and closed with the app (``transport.py``).
+      an aiohttp session is created and closed with the app (``aiohttp_transport.py``).
     * **health** - also serve ``GET``/``HEAD`` ``/healthz`` (liveness) and ``/readyz``
       (readiness: 503 while draining; the standalone server does).
     * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
@@ -222,13 +237,23 @@ class ImagesApp:
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
         self._store = store
+        self._edit_limits = FormLimits(
+            max_body_bytes=self.settings.max_edit_body_bytes,
+            max_file_bytes=self.settings.max_edit_file_bytes,
+            max_files=self.settings.max_edit_files,
+        )
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
+            EDITS_PATH: {"POST": ImagesApp._edit},
+            VARIATIONS_PATH: {"POST": ImagesApp._variations},
             MODELS_PATH: {"GET": ImagesApp._models},
             MODEL_PATH: {"GET": ImagesApp._model},
         }
-        self.readers: dict[str, Reader] = {GENERATIONS_PATH: ImagesApp._read_generation}
-        """Each synchronous image route's reader; an async route exists for each."""
+        self.readers: dict[str, Reader] = {
+            GENERATIONS_PATH: self._read_generation,
+            EDITS_PATH: self._read_edit,
+        }
+        """The readers of the routes that also take async jobs (``/v1/async/images/...``)."""
         self._jobs = JobRoutes(self, jobs, self._routes)
         self._hosting = (
             isinstance(store, EmbeddedStore)
@@ -297,7 +322,7 @@ class ImagesApp:
             if providers is None:
                 client: UpstreamClient
                 if self._http_client is not None:
-                    client = HttpxUpstream(self._http_client)
+                    client = HttpxUpstream(self._http_client, self.settings.max_upstream_bytes)
                 else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)
@@ -405,15 +430,30 @@ class ImagesApp:
             send = _without_body(send)
         await handler(self, scope, receive, send, request_id)
 
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await self._serve(scope, receive, send, request_id, self._read_generation)
+
+    async def _edit(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """An edit: the same path as a generation, with the images of either request form."""
+        await self._serve(scope, receive, send, request_id, self._read_edit)
+
+    async def _variations(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        """Served as an edit by the models that declare ``variations``; else a clear error."""
+        await self._serve(scope, receive, send, request_id, self._read_variation)
+
     def check_open(self) -> None:
         """503 ``provider_not_available`` while draining: no new generation, no new job."""
         if self._inflight.draining:
             raise _shutting_down()
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+    ) -> None:
         self.check_open()
         with self._inflight.track(send) as tracked:
-            await self._serve_generation(scope, receive, tracked.send, request_id)
+            await self._serve_generation(scope, receive, tracked.send, request_id, read)
         if tracked.cut and not tracked.started:
             raise _shutting_down()
 
@@ -453,12 +493,20 @@ class ImagesApp:
         return self._keys.by_label(label)
 
     def plan(
-        self, request: ImageRequest, key: GatewayKey | None, scope: Scope | None = None
+        self,
+        request: ImageRequest,
+        key: GatewayKey | None,
+        inputs: EditInputs | None = None,
+        scope: Scope | None = None,
     ) -> Plan:
-        """Plan ``request`` for ``key`` (with the client's own provider keys from ``scope``):
-        the model checks and the key's allow-list, as every image route does them."""
+        """Plan ``request`` (and an edit's ``inputs``) for ``key``, with the client's own
+        provider keys from ``scope``: the model checks and the key's allow-list, as every image
+        route does them."""
         plan = self.service.plan(
-            request, keys=read_client_keys(scope) if scope else None, allow=allowed_models(key)
+            request,
+            keys=read_client_keys(scope) if scope else None,
+            allow=allowed_models(key),
+            inputs=inputs,
         )
         current_outcome().planned(plan.job)
         authorize(key, plan.job.entry, request.n)
@@ -474,23 +522,55 @@ class ImagesApp:
         ]
         return body, headers
 
-    async def _read_generation(self, scope: Scope, receive: Receive) -> ImageRequest:
+    async def _read_generation(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
         max_bytes = self.settings.max_body_bytes
         check_body_headers(scope, max_bytes)
-        return parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
+        body = await read_body(receive, max_bytes, self.settings.body_timeout)
+        return parse_request(body), None
+
+    async def _read_edit(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
+        return await read_edit(scope, receive, self._edit_limits, self.settings.body_timeout)
+
+    async def _read_variation(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
+        if not any(entry.variations for entry in self.service.enabled_models()):
+            raise InvalidRequest(  # before a byte of the upload is read
+                "Image variations were a DALL-E 2 feature, and DALL-E 2 is retired; no model "
+                "here declares variations. Use POST /v1/images/edits with the image and a "
+                "prompt describing the variation.",
+                param="model",
+            )
+        request, inputs = await read_edit(
+            scope,
+            receive,
+            self._edit_limits,
+            self.settings.body_timeout,
+            default_prompt="A variation of this image.",
+        )
+        entry = self.service.catalog.resolve(request.model or self.settings.default_model or "")
+        if not entry.variations:
+            raise InvalidRequest(
+                f"{entry.id} does not make variations; use POST /v1/images/edits.", param="model"
+            )
+        return request, inputs
 
     async def _serve_generation(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
     ) -> None:
         outcome = current_outcome()
         key, send = await self.admit(scope, send)
-        request = await self._read_generation(scope, receive)
+        request, inputs = await read(scope, receive)
         dialect = stream_dialect(scope) if request.stream else None
         if dialect == "openai" and "response_format" not in request.model_fields_set:
             # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
             request = request.model_copy(update={"response_format": "b64_json"})
         self.set_request_base(request_base(scope))
-        plan = self.plan(request, key, scope)
+        plan = self.plan(request, key, inputs, scope)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         service = self.service
         if dialect is not None:

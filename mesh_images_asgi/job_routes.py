@@ -165,7 +165,7 @@ class JobRoutes:
         key, send = await app.admit(scope, send)
         webhook = self._webhooks.check(get_header(scope, WEBHOOK_HEADER))
         recorder = _Recorder(receive)
-        request = await app.readers[path](app, scope, recorder)
+        request, inputs = await app.readers[path](scope, recorder)
         if request.stream:
             raise InvalidRequest(
                 "An async job is not streamed: poll GET /v1/async/jobs/{id} for its result.",
@@ -176,7 +176,7 @@ class JobRoutes:
                 "Async jobs run on the gateway's provider credentials: a client's own provider "
                 "key is never stored in a queue. Use the synchronous route with it."
             )
-        plan = app.plan(request, key)
+        plan = app.plan(request, key, inputs)
         await self.start()
         record = JobRecord(new_job_id(), plan.job.entry.id, key.label if key else None)
         record.webhook = webhook
@@ -230,8 +230,8 @@ class JobRoutes:
         try:
             key = app.key_named(record.owner)
             app.set_request_base(payload.base)
-            request = await app.readers[payload.route](app, scope, _replay(payload.body))
-            plan = app.plan(request, key)
+            request, inputs = await app.readers[payload.route](scope, _replay(payload.body))
+            plan = app.plan(request, key, inputs)
             body, _ = app.answer(await app.service.generate(plan))
             result = JobOutcome("succeeded", body)
         except GatewayError as error:

@@ -24,6 +24,7 @@ from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi._asgi import Receive, Scope, Send
 from mesh_images_asgi.auth import GatewayKey, hash_key
 from mesh_images_asgi.job_memory import MemoryJobQueue
+from tests.edit_images import solid
 from tests.emulators.openai import OpenAIEmulator, content_policy_violation
 from tests.helpers import decode_image
 from tests.support.live import serve
@@ -311,3 +312,30 @@ def test_webhooks_are_off_by_default(client: httpx.Client) -> None:
     answer = client.post(SUBMIT, json=body, headers={"x-webhook-url": "http://127.0.0.1/"})
     assert answer.status_code == 400
     assert "off" in answer.json()["error"]["message"]
+
+
+def test_an_edit_job_succeeds_with_the_synchronous_edit_answer(client: httpx.Client) -> None:
+    png = solid(64, 48)
+    fields = {"model": "local/sketch", "prompt": "a cat", "seed": "3", "n": "2"}
+    fields["response_format"] = "b64_json"
+    files = [("image", ("cat.png", png, "image/png"))]
+    submitted = client.post("/v1/async/images/edits", data=fields, files=files)
+    assert submitted.status_code == 202, submitted.text
+    finished = wait_finished(client, submitted.json()["id"])
+    assert finished["status"] == "succeeded"
+    synchronous = client.post("/v1/images/edits", data=fields, files=files).json()
+    assert finished["result"]["data"] == synchronous["data"]
+    assert finished["result"]["size"] == "64x48"
+
+
+def test_a_bad_edit_submission_is_the_synchronous_error(client: httpx.Client) -> None:
+    fields = {"model": "local/sketch", "prompt": "a broken mask"}
+    files = [("image", ("a.png", solid(8, 8), "image/png")), ("mask", ("m.png", b"x", "image/png"))]
+    answers = [
+        client.post(route, data=fields, files=files)
+        for route in ("/v1/async/images/edits", "/v1/images/edits")
+    ]
+    errors = [(answer.status_code, answer.json()["error"]) for answer in answers]
+    assert errors[0][0] == 400
+    assert errors[0][1]["param"] == "mask"
+    assert errors[0] == errors[1]
