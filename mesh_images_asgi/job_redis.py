@@ -12,7 +12,8 @@ which we would still write ownership, first-result-wins and our ``image.job`` st
 Keys under ``MESH_IMAGES_JOB_REDIS_PREFIX`` (default ``mesh-images:jobs``): ``:stream`` (entries
 ``job=<id>``, group ``workers``; an entry is deleted once acknowledged, so the stream's length is
 the unfinished jobs), and ``:job:<id>``, a hash of ``status``, ``record`` (``JobRecord`` JSON)
-and, until it finishes, ``payload``; it expires ``MESH_IMAGES_JOB_TTL`` after submission, and
+and, until it finishes, ``payload`` (``JobPayload.meta``) and ``body`` (the request body as it
+came); it expires ``MESH_IMAGES_JOB_TTL`` after submission, and
 again after finishing.
 """
 
@@ -42,7 +43,8 @@ _CANCEL_POLL = 0.2
 
 _SUBMIT = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'status', 'queued', 'record', ARGV[3], 'payload', ARGV[4])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'record', ARGV[3], 'payload', ARGV[4],
+  'body', ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 return 1
@@ -51,13 +53,13 @@ _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return false end
 redis.call('HSET', KEYS[1], 'status', 'running', 'record', ARGV[1])
-return redis.call('HGET', KEYS[1], 'payload')
+return redis.call('HMGET', KEYS[1], 'payload', 'body')
 """
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'record', ARGV[2])
-redis.call('HDEL', KEYS[1], 'payload')
+redis.call('HDEL', KEYS[1], 'payload', 'body')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -134,7 +136,10 @@ class RedisJobQueue:
         try:
             added = await self._submit(
                 keys=[self._stream, self._key(record.id)],
-                args=[self._size, record.id, record.dumps(), payload.dumps(), self._ttl],
+                args=[
+                    *(self._size, record.id, record.dumps(), payload.meta(), self._ttl),
+                    payload.body,
+                ],
             )
         except self._errors:
             logger.warning("mesh-images: Redis unreachable; a job submission was refused")
@@ -272,14 +277,14 @@ class RedisJobQueue:
         key = self._key(job_id)
         raw = await self._client.hget(key, "record")
         record = None if raw is None else JobRecord.loads(raw)
-        payload_raw = None
+        started: list[bytes] | None = None
         if record is not None and not record.done:
             record = replace(record, status="running", started=time.time())
-            payload_raw = await self._start(keys=[key], args=[record.dumps()])
-        if record is None or payload_raw is None:  # expired, cancelled or finished meanwhile
+            started = await self._start(keys=[key], args=[record.dumps()])
+        if record is None or not started:  # expired, cancelled or finished meanwhile
             await self._ack(entry_id)
             return
-        run = asyncio.create_task(runner(record, JobPayload.loads(payload_raw)))
+        run = asyncio.create_task(runner(record, JobPayload.of(*started)))
         watch = asyncio.create_task(self._watch(entry_id, key, run))
         try:
             outcome = await run

@@ -54,16 +54,13 @@ class JobPayload:
     base: str = ""
     """The submission's public base URL (``http://host/root/``), for hosted image URLs."""
 
-    def dumps(self) -> bytes:
-        return orjson.dumps({**asdict(self), "body": self.body.decode("latin-1")})
+    def meta(self) -> bytes:
+        """Everything but the body, as JSON (the body is stored as it is, beside it)."""
+        return orjson.dumps({name: value for name, value in asdict(self).items() if name != "body"})
 
     @classmethod
-    def loads(cls, raw: bytes) -> JobPayload:
-        data = orjson.loads(raw)
-        body = data["body"].encode("latin-1")
-        return cls(
-            data["route"], data["content_type"], body, data["request_id"], data.get("base", "")
-        )
+    def of(cls, meta: bytes, body: bytes) -> JobPayload:
+        return cls(body=body, **orjson.loads(meta))
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.edit_images import solid
 from tests.emulators.openai import Fault, OpenAIEmulator
 from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
 
@@ -234,3 +235,22 @@ def test_a_live_worker_keeps_a_job_longer_than_its_lease(
         finished = wait_finished(pair[1].url, job_id)
         assert finished["status"] == "succeeded"
         assert len(emulator.requests) == 1
+
+
+def test_an_edit_job_carries_its_upload_through_redis(
+    redis_url: str, served: tuple[OpenAIEmulator, str], tmp_path: Path
+) -> None:
+    png = solid(64, 48)  # binary bytes through the queue, read again by the edits reader
+    fields = {"model": "local/sketch", "prompt": "a cat", "response_format": "b64_json"}
+    env = gateway_env(redis_url, served[1], local_latency="0")
+    with gateways(env, tmp_path) as (one, other):
+        answer = httpx.post(
+            f"{one.url}/v1/async/images/edits",
+            data=fields,
+            files=[("image", ("cat.png", png, "image/png"))],
+            timeout=30,
+        )
+        assert answer.status_code == 202, answer.text
+        finished = wait_finished(other.url, answer.json()["id"])
+    assert finished["status"] == "succeeded", finished
+    assert finished["result"]["size"] == "64x48"
