@@ -73,6 +73,7 @@ from ._cancel import CancelScope
 from .breaker import BreakerPolicy, Breakers, Permit
 from .bulkhead import Bulkhead
 from .config import Settings
+from .disconnect import check_client
 from .errors import (
     ByokFallbackDisabled,
     ByokRateLimited,
@@ -462,11 +463,13 @@ class _Run:
         and, for a half-open circuit's probe, the probe timeout."""
         entry = job.entry
         bulkhead = self.router.bulkheads.get(entry.provider)
-        slot: AbstractAsyncContextManager[None] = (
+        slot: AbstractAsyncContextManager[bool | None] = (
             bulkhead.slot() if bulkhead is not None else nullcontext()
         )
         self.queued_at = entry.provider
-        async with slot:
+        async with slot as waited:
+            if waited:  # a client that left while this request queued: no upstream call
+                await check_client()
             self.queued_at = None
             self.attempts += 1
             now = self.loop.time()

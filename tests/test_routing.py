@@ -4,6 +4,7 @@ The routing decision is checked row by row against the table in ``routing``'s do
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import weakref
@@ -13,9 +14,10 @@ from typing import Any
 import anyio
 import pytest
 
-from mesh_images_asgi import Settings, routing
+from mesh_images_asgi import Settings, disconnect, routing
 from mesh_images_asgi.byok import ClientKeys
 from mesh_images_asgi.catalog import load_catalog
+from mesh_images_asgi.disconnect import call_until_disconnect
 from mesh_images_asgi.errors import (
     ByokFallbackDisabled,
     ByokRateLimited,
@@ -669,3 +671,58 @@ async def test_a_failed_answer_is_freed_without_a_gc_pass(error: GatewayError, f
         assert refs[0]() is None
     finally:
         gc.enable()
+
+
+class Leaving:
+    """A client's ``receive`` once the body is read: ``http.disconnect`` once it has ``left()``
+    (as a server's, at once when the disconnect is already known)."""
+
+    def __init__(self) -> None:
+        self._gone = asyncio.Event()
+        self.listened = False
+
+    def left(self) -> None:
+        self._gone.set()
+
+    async def __call__(self) -> dict[str, Any]:
+        self.listened = True
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def turns_until(condition: Callable[[], bool]) -> None:
+    """Let the loop turn until ``condition()`` (the bound only catches a hang)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("listening", [False, True], ids=["listener not started", "listening"])
+async def test_a_queued_request_whose_client_left_never_reaches_the_upstream(
+    listening: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot and the disconnect in the same turn of the loop, the slot first: the worst order
+    (the listener starts LISTEN_AFTER into the work, or is already waiting in ``receive``)."""
+    monkeypatch.setattr(disconnect, "LISTEN_AFTER", 0 if listening else 3600)
+    openai = Fake("openai")
+    harness = Harness(openai, bulkhead_limit=1, bulkhead_queue=1)
+    bulkhead = harness.service.router.bulkheads["openai"]
+    client = Leaving()
+    request = parse_request(_json({"model": PRIMARY, "prompt": "a"}))
+    results: list[Routed | None] = []
+
+    async def queued() -> None:
+        plan = harness.service.plan(request)
+        results.append(await call_until_disconnect(client, lambda: harness.service.generate(plan)))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            async with bulkhead.slot():
+                group.start_soon(queued)
+                await turns_until(lambda: bulkhead.waiting == 1 and client.listened == listening)
+            client.left()  # in the same turn as the slot's hand-over, after it
+    assert results == [None]
+    assert openai.calls == []
