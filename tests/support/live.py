@@ -114,7 +114,6 @@ class Process:
     """A server subprocess: its URL, and once stopped its exit code and standard error."""
 
     url: str
-    pid: int = 0
     returncode: int | None = None
     stderr: str = ""
     pid: int = 0
