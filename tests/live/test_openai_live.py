@@ -62,7 +62,7 @@ def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
 def gateway_app(upstream: str, **settings: Any) -> ImagesApp:
     # Error mapping here, one upstream call per request; retries and circuits: tests/faults.
     settings.setdefault("max_attempts", 1)
-    settings.setdefault("breaker_threshold", 1000)
+    settings.setdefault("breaker_minimum_calls", 1_000_000)
     return ImagesApp(
         Settings(openai_api_key=KEY, openai_base_url=upstream, local_latency=0, **settings)
     )
