@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._version import __version__ as __version__
-from .app import ImagesApp
-from .config import Settings
-from .middleware import ImagesMiddleware
+from mesh_images_asgi._asgi.app import ImagesApp
+from mesh_images_asgi._asgi.middleware import ImagesMiddleware
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._version import __version__ as __version__
 
 __all__ = ["ImagesApp", "ImagesMiddleware", "Settings"]

@@ -21,7 +21,7 @@ from httpx_sse import aconnect_sse
 from meshapi import AsyncMeshAPI, ImageGenerationParams, MeshAPI
 
 from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
-from mesh_images_asgi.providers.base import GenerationJob, PartialSink, ProviderResult
+from mesh_images_asgi._domain.jobs import GenerationJob, PartialSink, ProviderResult
 from mesh_images_asgi.providers.local import LocalProvider
 from tests.helpers import decode_image
 from tests.support.live import serve, serve_hypercorn
