@@ -177,6 +177,8 @@ def openai_type(status: int) -> str:
 
 
 class InvalidRequest(GatewayError):
+    """The model cannot do what was asked (400, with ``param`` naming the field)."""
+
     status = 400
     code = "invalid_request"
 
@@ -187,6 +189,8 @@ class InvalidJSON(GatewayError):
 
 
 class ContentPolicyViolation(GatewayError):
+    """The upstream's moderation refused the prompt or its images (400)."""
+
     status = 400
     code = "content_policy_violation"
 
@@ -294,6 +298,9 @@ class NotImplementedByGateway(GatewayError):
 
 
 class UpstreamError(GatewayError):
+    """The upstream failed (502); ``provider_code`` says how: ``internal_provider_error``,
+    ``provider_overloaded``, ``connection_error``, ``bad_response``, ..."""
+
     status = 502
     code = "upstream_error"
 
