@@ -8,8 +8,8 @@ Settings come from the environment and ``MESH_IMAGES_CONFIG``; ``/healthz``, ``/
 
 from __future__ import annotations
 
-from .app import ImagesApp
-from .config import Settings
+from mesh_images_asgi._asgi.app import ImagesApp
+from mesh_images_asgi._config import Settings
 
 __all__ = ["app", "create_app"]
 

@@ -28,9 +28,16 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import ContentPolicyViolation, GatewayError, UpstreamError
-from ..transport import UpstreamClient, as_upstream_client
-from ._http import (
+from mesh_images_asgi._core.errors import ContentPolicyViolation, GatewayError, UpstreamError
+from mesh_images_asgi._domain.jobs import (
+    GeneratedImage,
+    GenerationJob,
+    PartialImage,
+    PartialSink,
+    ProviderResult,
+)
+from mesh_images_asgi._upstream.client import UpstreamClient, as_upstream_client
+from mesh_images_asgi.providers._http import (
     Body,
     bad_response,
     checked_base64,
@@ -44,7 +51,6 @@ from ._http import (
     sse_events,
     upstream_error_object,
 )
-from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
 
 __all__ = ["OpenAIProvider"]
 

@@ -30,16 +30,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import ModelEntry
-from ..errors import (
+from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
     GatewayError,
     InvalidRequest,
     ModelRetired,
     UpstreamAuthError,
 )
-from ..redact import redact
-from ._http import (
+from mesh_images_asgi._domain.catalog import ModelEntry
+from mesh_images_asgi._domain.jobs import GeneratedImage, GenerationJob
+from mesh_images_asgi._observe.redact import redact
+from mesh_images_asgi.providers._http import (
     Answer,
     bad_response,
     checked_base64,
@@ -47,8 +48,7 @@ from ._http import (
     retry_after_seconds,
     upstream_error_object,
 )
-from ._retry_after import clamped_delay
-from .base import GeneratedImage, GenerationJob
+from mesh_images_asgi.providers._retry_after import clamped_delay
 
 __all__ = [
     "PROVIDER",

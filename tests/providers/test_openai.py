@@ -11,9 +11,8 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from mesh_images_asgi.catalog import load_catalog
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.errors import (
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
     GatewayError,
     GatewayTimeout,
@@ -22,16 +21,17 @@ from mesh_images_asgi.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from mesh_images_asgi.providers.base import (
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.jobs import (
     GeneratedImage,
     GenerationJob,
     PartialImage,
     ProviderResult,
 )
+from mesh_images_asgi._domain.schemas import parse_request
+from mesh_images_asgi._routing.service import ImageService
 from mesh_images_asgi.providers.openai import OpenAIProvider
 from mesh_images_asgi.providers.registry import build_providers
-from mesh_images_asgi.schemas import parse_request
-from mesh_images_asgi.service import ImageService
 
 KEY = "sk-test-0123456789abcdef"
 URL = "https://api.test/v1/images/generations"

@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.catalog import load_catalog
-from mesh_images_asgi.providers.base import (
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.jobs import (
     GeneratedImage,
     GenerationJob,
     PartialSink,

@@ -1,0 +1,103 @@
+"""The Redis queue's scripts on a real ``redis-server``: the first result wins, a finished job
+stays as it is, the queue bound holds across submitters; and a gateway whose Redis is down."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi._core.errors import ProviderNotAvailable
+from mesh_images_asgi._domain.image_jobs import JobPayload, JobRecord, new_job_id
+from mesh_images_asgi._routing.job_redis import RedisJobQueue
+from tests.support.live import serve
+from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
+
+pytestmark = pytest.mark.anyio
+
+PAYLOAD = JobPayload("/v1/images/generations", "application/json", b"{}", "req_1")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    url = shared_url()
+    if url is not None:
+        yield url
+        return
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def queue(url: str, prefix: str, size: int = 10) -> RedisJobQueue:
+    return RedisJobQueue(url, concurrency=1, size=size, lease=60, ttl=60, prefix=prefix)
+
+
+async def test_the_first_result_wins(redis_url: str) -> None:
+    jobs = queue(redis_url, f"test-records:{secrets.token_hex(4)}")
+    try:
+        record = JobRecord(new_job_id(), "local/sketch", None)
+        await jobs.submit(record, PAYLOAD)
+        first = await jobs.finish(record, "succeeded", {"data": ["first"]})
+        second = await jobs.finish(record, "succeeded", {"data": ["second"]})
+        assert first is not None
+        assert second is None
+        stored = await jobs.get(record.id)
+        assert stored is not None
+        assert stored.status == "succeeded"
+        assert stored.result == {"data": ["first"]}
+        cancelled = await jobs.cancel(record.id)  # too late: nothing changes
+        assert cancelled is not None
+        assert cancelled.status == "succeeded"
+    finally:
+        await jobs.aclose()
+
+
+async def test_a_cancelled_job_keeps_no_later_result(redis_url: str) -> None:
+    jobs = queue(redis_url, f"test-records:{secrets.token_hex(4)}")
+    try:
+        record = JobRecord(new_job_id(), "local/sketch", "team-a")
+        await jobs.submit(record, PAYLOAD)
+        cancelled = await jobs.cancel(record.id)
+        assert cancelled is not None
+        assert cancelled.status == "cancelled"
+        assert cancelled.owner == "team-a"
+        assert await jobs.finish(record, "succeeded", {"data": []}) is None
+        stored = await jobs.get(record.id)
+        assert stored is not None
+        assert (stored.status, stored.result) == ("cancelled", None)
+    finally:
+        await jobs.aclose()
+
+
+async def test_the_queue_bound_is_shared_by_every_submitter(redis_url: str) -> None:
+    prefix = f"test-records:{secrets.token_hex(4)}"
+    one, two = queue(redis_url, prefix, size=2), queue(redis_url, prefix, size=2)
+    try:
+        await one.submit(JobRecord(new_job_id(), "local/sketch", None), PAYLOAD)
+        await two.submit(JobRecord(new_job_id(), "local/sketch", None), PAYLOAD)
+        with pytest.raises(ProviderNotAvailable) as refused:
+            await one.submit(JobRecord(new_job_id(), "local/sketch", None), PAYLOAD)
+        assert refused.value.retry_after_seconds is not None
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+def test_a_gateway_starts_and_refuses_jobs_clearly_while_redis_is_down() -> None:
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = ImagesApp(Settings(redis_url=down, local_latency=0))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/v1/models").status_code == 200
+        answer = http.post(
+            "/v1/async/images/generations", json={"model": "local/sketch", "prompt": "x"}
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "provider_not_available"
+        assert "retry-after" in answer.headers
