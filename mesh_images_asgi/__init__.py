@@ -6,7 +6,7 @@ The public surface, all of it importable from here:
   ``Settings`` (configuration), ``Metrics`` (an app's Prometheus series);
 - the provider interface, to serve models of your own (``docs/providers.md``, "Your own
   provider"): ``Provider``, ``GenerationJob``, ``ProviderResult``, ``GeneratedImage``,
-  ``PartialImage``, ``PartialSink``;
+  ``PartialImage``, ``PartialSink``, ``Usage``;
 - the errors a provider raises: ``GatewayError`` and its ``UpstreamError``,
   ``ContentPolicyViolation``, ``InvalidRequest``.
 
@@ -33,6 +33,7 @@ from mesh_images_asgi._domain.jobs import (
     Provider,
     ProviderResult,
 )
+from mesh_images_asgi._domain.usage import Usage
 from mesh_images_asgi._observe.metrics import Metrics
 from mesh_images_asgi._version import __version__ as __version__
 
@@ -51,4 +52,5 @@ __all__ = [
     "ProviderResult",
     "Settings",
     "UpstreamError",
+    "Usage",
 ]

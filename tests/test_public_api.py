@@ -21,6 +21,7 @@ PUBLIC = [
     "ProviderResult",
     "Settings",
     "UpstreamError",
+    "Usage",
 ]
 
 

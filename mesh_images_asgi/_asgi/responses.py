@@ -43,7 +43,7 @@ def images_response(job: GenerationJob, result: ProviderResult) -> dict[str, Any
         ("output_format", result.output_format),
         ("quality", result.quality),
         ("size", result.size),
-        ("usage", result.usage),
+        ("usage", None if result.usage is None else result.usage.as_json()),
     )
     body.update((key, value) for key, value in optional if value is not None)
     return body

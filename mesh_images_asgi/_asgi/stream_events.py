@@ -39,6 +39,7 @@ from mesh_images_asgi._asgi.dialects import Dialect
 from mesh_images_asgi._asgi.responses import image_items, images_response
 from mesh_images_asgi._domain.cost import with_cost
 from mesh_images_asgi._domain.jobs import GeneratedImage, GenerationJob, JobKind, PartialImage
+from mesh_images_asgi._domain.usage import Usage
 from mesh_images_asgi._routing.router import Routed
 
 __all__ = ["DONE", "PING", "StreamEvents", "data_event", "stream_events"]
@@ -118,15 +119,15 @@ _NO_USAGE: dict[str, Any] = {
 }
 
 
-def _openai_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
+def _openai_usage(usage: Usage | None) -> dict[str, Any]:
     """Our ``usage`` (``prompt_tokens``...) back in the names of OpenAI's image events."""
     if usage is None:
         return dict(_NO_USAGE)
     return {
-        "input_tokens": usage["prompt_tokens"],
-        "output_tokens": usage["completion_tokens"],
-        "total_tokens": usage["total_tokens"],
-        "input_tokens_details": usage.get(
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "input_tokens_details": usage.details.get(
             "input_tokens_details", _NO_USAGE["input_tokens_details"]
         ),
     }

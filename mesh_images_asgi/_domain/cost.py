@@ -24,11 +24,11 @@ send, are priced at the input rate).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 from mesh_images_asgi._domain.catalog import ModelEntry
+from mesh_images_asgi._domain.usage import Usage
 
 if TYPE_CHECKING:
     from mesh_images_asgi._domain.jobs import GenerationJob, ProviderResult
@@ -44,21 +44,15 @@ def _price(value: float) -> Decimal:
     return Decimal(repr(value))  # the catalog's decimal literal, not the binary float's expansion
 
 
-def _tokens(usage: Mapping[str, Any], field: str) -> int | None:
-    tokens = usage.get(field)
-    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
-
-
-def _token_cost(entry: ModelEntry, usage: Mapping[str, Any] | None) -> Decimal | None:
-    if not usage:
+def _token_cost(entry: ModelEntry, usage: Usage | None) -> Decimal | None:
+    if usage is None:
         return None
     total: Decimal | None = None
-    for price, field in (
-        (entry.price_per_1m_input_tokens, "prompt_tokens"),
-        (entry.price_per_1m_output_tokens, "completion_tokens"),
+    for price, tokens in (
+        (entry.price_per_1m_input_tokens, usage.prompt_tokens),
+        (entry.price_per_1m_output_tokens, usage.completion_tokens),
     ):
-        tokens = _tokens(usage, field)
-        if price is not None and tokens is not None:
+        if price is not None:
             total = (total or Decimal(0)) + _price(price) * tokens / _MILLION
     return total
 
@@ -66,7 +60,7 @@ def _token_cost(entry: ModelEntry, usage: Mapping[str, Any] | None) -> Decimal |
 def estimate(
     entry: ModelEntry,
     images: int,
-    usage: Mapping[str, Any] | None,
+    usage: Usage | None,
     *,
     quality: str | None = None,
     size: str | None = None,
@@ -102,8 +96,9 @@ def cost_headers(cost: Decimal | None) -> list[tuple[bytes, bytes]]:
     return [] if cost is None else [(COST_HEADER, usd(cost).encode())]
 
 
-def with_cost(usage: Mapping[str, Any] | None, cost: Decimal | None) -> dict[str, Any] | None:
+def with_cost(usage: Usage | None, cost: Decimal | None) -> dict[str, Any] | None:
     """A stream's final ``usage``: the upstream's, plus ``cost_usd`` when the cost is known."""
+    body = None if usage is None else usage.as_json()
     if cost is None:
-        return None if usage is None else dict(usage)
-    return {**(usage or {}), "cost_usd": float(cost)}
+        return body
+    return {**(body or {}), "cost_usd": float(cost)}

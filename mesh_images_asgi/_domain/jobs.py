@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from mesh_images_asgi._domain.catalog import ModelEntry
 from mesh_images_asgi._domain.edit_inputs import EditInputs
 from mesh_images_asgi._domain.schemas import ImageRequest
+from mesh_images_asgi._domain.usage import Usage
 
 __all__ = [
     "GeneratedImage",
@@ -92,7 +93,8 @@ class ProviderResult:
     background: str | None = None
     quality: str | None = None
     size: str | None = None
-    usage: dict[str, Any] | None = field(default=None)
+    usage: Usage | None = None
+    """Token counts, when the upstream reported them (parsed once, by the provider)."""
 
 
 PartialSink = Callable[[PartialImage], Awaitable[None]]

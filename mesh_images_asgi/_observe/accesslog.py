@@ -89,13 +89,9 @@ def fields(outcome: Outcome, total: float) -> dict[str, Any]:
     line["bytes"] = o.bytes
     if o.cost is not None:
         line["cost_usd"] = float(o.cost)
-    if o.usage:
-        for field, name in (
-            ("prompt_tokens", "input_tokens"),
-            ("completion_tokens", "output_tokens"),
-        ):
-            if isinstance(o.usage.get(field), int):
-                line[name] = o.usage[field]
+    if o.usage is not None:
+        line["input_tokens"] = o.usage.prompt_tokens
+        line["output_tokens"] = o.usage.completion_tokens
     if o.stream:
         line["pings"] = o.pings
     if o.prompt is not None:

@@ -188,10 +188,12 @@ class Metrics:
             self.images(o.model, o.provider).inc(o.images)
         if o.cost is not None:
             self.cost(o.model, o.provider, o.billing).inc(float(o.cost))
-        if o.usage:
-            for field, direction in (("prompt_tokens", "input"), ("completion_tokens", "output")):
-                tokens = o.usage.get(field)
-                if isinstance(tokens, int) and tokens > 0:
+        if o.usage is not None:
+            for tokens, direction in (
+                (o.usage.prompt_tokens, "input"),
+                (o.usage.completion_tokens, "output"),
+            ):
+                if tokens > 0:
                     self.tokens(o.model, o.provider, direction).inc(tokens)
         if o.fallback and o.requested is not None:
             self.fallbacks(o.requested, o.model).inc()

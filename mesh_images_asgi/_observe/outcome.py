@@ -24,18 +24,18 @@ context variable set and reset, two clock reads and a handful of cached metric c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from decimal import Decimal
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mesh_images_asgi._core.errors import GatewayError
 from mesh_images_asgi._domain.cost import cost_of
 
 if TYPE_CHECKING:
     from mesh_images_asgi._domain.jobs import GenerationJob, ProviderResult
+    from mesh_images_asgi._domain.usage import Usage
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -184,7 +184,7 @@ class Outcome:
         self.upstream = 0.0
         """Seconds spent in upstream attempts, all of them."""
         self.images = 0
-        self.usage: Mapping[str, Any] | None = None
+        self.usage: Usage | None = None
         self.cost: Decimal | None = None
         self.billing = "gateway"
         self.bytes = 0

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
     from mesh_images_asgi._domain.jobs import GenerationJob, ProviderResult
+    from mesh_images_asgi._domain.usage import Usage
     from mesh_images_asgi._observe.outcome import Outcome
 
     Active: TypeAlias = tuple[Span, Token[Context]]
@@ -75,14 +76,13 @@ def _provider_name(provider: str) -> str:
     return _PROVIDER_NAMES.get(provider, provider)
 
 
-def _usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
-    attributes: dict[str, int] = {}
-    if usage:
-        for field, name in (("prompt_tokens", "input"), ("completion_tokens", "output")):
-            value = usage.get(field)
-            if isinstance(value, int):
-                attributes[f"gen_ai.usage.{name}_tokens"] = value
-    return attributes
+def _usage_attributes(usage: Usage | None) -> dict[str, int]:
+    if usage is None:
+        return {}
+    return {
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
+    }
 
 
 class Tracing:

@@ -15,11 +15,12 @@ from mesh_images_asgi._domain.catalog import load_catalog
 from mesh_images_asgi._domain.cost import cost_headers, cost_of, estimate, usd, with_cost
 from mesh_images_asgi._domain.jobs import GeneratedImage, GenerationJob, ProviderResult
 from mesh_images_asgi._domain.schemas import ImageRequest
+from mesh_images_asgi._domain.usage import Usage
 from tests.support.leaks import WATCH
 from tests.support.ops import Scripted, ops_app, result
 
 GEN = "/v1/images/generations"
-TOKENS = {"prompt_tokens": 100, "completion_tokens": 1000, "total_tokens": 1100}
+TOKENS = Usage(prompt_tokens=100, completion_tokens=1000, total_tokens=1100)
 
 
 UNPRICED = "openai/gpt-image-2.5-sunburst"  # no price shipped: each test sets its own
@@ -48,14 +49,13 @@ def entry(**prices: Any) -> Any:
         # usage reported and tokens priced: the token price, not the image price as well
         ({"price_per_1m_input_tokens": 5.0, "price_per_image": 0.02}, 2, TOKENS, "0.0005"),
         ({"price_per_1m_input_tokens": 5.0, "price_per_image": 0.02}, 2, None, "0.04"),
-        ({"price_per_1m_output_tokens": 10.0}, 1, {"completion_tokens": 1}, "0.00001"),
-        ({"price_per_1m_output_tokens": 0.4}, 1, {"completion_tokens": 1}, "0"),  # rounds half-up
-        ({"price_per_1m_output_tokens": 0.5}, 1, {"completion_tokens": 1}, "0.000001"),
-        ({"price_per_1m_output_tokens": 40.0}, 1, {"completion_tokens": True}, None),
+        ({"price_per_1m_output_tokens": 10.0}, 1, Usage(0, 1, 1), "0.00001"),
+        ({"price_per_1m_output_tokens": 0.4}, 1, Usage(0, 1, 1), "0"),  # rounds half-up
+        ({"price_per_1m_output_tokens": 0.5}, 1, Usage(0, 1, 1), "0.000001"),
     ],
 )
 def test_the_estimate_uses_the_token_or_the_image_price(
-    prices: dict[str, float], images: int, usage: dict[str, Any] | None, expected: str | None
+    prices: dict[str, float], images: int, usage: Usage | None, expected: str | None
 ) -> None:
     cost = estimate(entry(**prices), images, usage)
     assert (None if cost is None else usd(cost)) == expected
@@ -75,9 +75,9 @@ def test_headers_and_stream_usage() -> None:
     assert cost_headers(Decimal("0.040000")) == [(b"x-mesh-cost-usd", b"0.04")]
     assert cost_headers(Decimal("100.000000")) == [(b"x-mesh-cost-usd", b"100")]
     assert with_cost(None, None) is None
-    assert with_cost(TOKENS, None) == TOKENS
+    assert with_cost(TOKENS, None) == TOKENS.as_json()
     assert with_cost(None, Decimal("0.04")) == {"cost_usd": 0.04}
-    assert with_cost(TOKENS, Decimal("0.0405")) == {**TOKENS, "cost_usd": 0.0405}
+    assert with_cost(TOKENS, Decimal("0.0405")) == {**TOKENS.as_json(), "cost_usd": 0.0405}
 
 
 @pytest.mark.anyio
@@ -104,7 +104,7 @@ async def test_a_stream_puts_the_cost_in_the_final_chunks_usage() -> None:
     ]
     final = events[-1]
     assert final["status"] == "completed"
-    assert final["usage"] == {**TOKENS, "cost_usd": 0.0405}
+    assert final["usage"] == {**TOKENS.as_json(), "cost_usd": 0.0405}
 
 
 @pytest.mark.anyio
@@ -165,7 +165,7 @@ def test_per_token_when_the_upstream_reports_usage_gpt_image_1_5() -> None:
     # image is 4160 output tokens (the image generation guide's table). 50 prompt tokens:
     #   50 x 5 / 1e6 + 4160 x 32 / 1e6 = 0.00025 + 0.13312 = 0.13337
     # (the per-image price, $0.133, is that figure rounded: it is not added on top).
-    usage = {"prompt_tokens": 50, "completion_tokens": 4160, "total_tokens": 4210}
+    usage = Usage(prompt_tokens=50, completion_tokens=4160, total_tokens=4210)
     cost = answer("openai/gpt-image-1.5", {"quality": "high"}, usage=usage, size="1024x1024")
     assert cost == Decimal("0.13337")
 
@@ -173,7 +173,7 @@ def test_per_token_when_the_upstream_reports_usage_gpt_image_1_5() -> None:
 def test_per_token_gpt_image_2() -> None:
     # OpenAI: gpt-image-2 text input $5, image output $30 per million tokens.
     #   120 x 5 / 1e6 + 1056 x 30 / 1e6 = 0.0006 + 0.03168 = 0.03228
-    usage = {"prompt_tokens": 120, "completion_tokens": 1056, "total_tokens": 1176}
+    usage = Usage(prompt_tokens=120, completion_tokens=1056, total_tokens=1176)
     assert answer("openai/gpt-image-2", {}, usage=usage) == Decimal("0.03228")
     assert answer("openai/gpt-image-2", {}) is None  # no usage and no image price: unknown
 
@@ -183,7 +183,7 @@ def test_per_image_by_size_tier_gemini() -> None:
     # costs
     # $0.134 per 1K or 2K image and $0.24 per 4K image; Gemini 3.1 Flash Image $0.067 per 1K one.
     # Gemini reports usage too, but no token price is shipped: the image price applies.
-    usage = {"prompt_tokens": 12, "completion_tokens": 1290, "total_tokens": 1302}
+    usage = Usage(prompt_tokens=12, completion_tokens=1290, total_tokens=1302)
     pro = "vertex/gemini-3-pro-image"
     assert answer(pro, {"size": "16:9"}, usage=usage) == Decimal("0.134")  # 1376x768, 1K
     assert answer(pro, {"size": "2752x1536"}) == Decimal("0.134")  # 16:9 at 2K

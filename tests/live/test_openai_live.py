@@ -544,4 +544,4 @@ async def test_native_streaming_on_both_transports(
     assert [partial.index for partial in partials] == [0, 0]
     assert len(result.images) == 2
     assert result.usage is not None
-    assert result.usage["completion_tokens"] == 2 * 1056
+    assert result.usage.completion_tokens == 2 * 1056

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mesh_images_asgi._access.keys import hash_key, new_key
+from mesh_images_asgi._domain.usage import Usage
 from mesh_images_asgi._observe import accesslog
 from mesh_images_asgi._observe.redact import RedactingFilter
 from tests.support.leaks import WATCH
@@ -120,7 +121,7 @@ async def test_an_error_line_names_the_error_and_a_key_by_its_label_only(
 async def test_a_stream_line_counts_pings_and_the_upstream_tokens(
     access: pytest.LogCaptureFixture,
 ) -> None:
-    usage = {"prompt_tokens": 7, "completion_tokens": 272, "total_tokens": 279}
+    usage = Usage(prompt_tokens=7, completion_tokens=272, total_tokens=279)
     openai = Scripted(result(1, usage))
     async with ops_app(openai) as (_, client):
         response = await client.post(

@@ -20,6 +20,7 @@ from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
 from mesh_images_asgi._access.keys import hash_key, new_key
 from mesh_images_asgi._core.errors import UpstreamError
 from mesh_images_asgi._domain.jobs import GenerationJob, ProviderResult
+from mesh_images_asgi._domain.usage import Usage
 from mesh_images_asgi._observe.job_metrics import JobMetrics
 from mesh_images_asgi._observe.metrics import Metrics
 from mesh_images_asgi.main import create_app
@@ -31,7 +32,7 @@ GPT2 = "openai/gpt-image-2"
 GPT15 = "openai/gpt-image-1.5"
 LOCAL = "local/sketch"
 PRICED = {GPT2: {"price_per_1m_input_tokens": 5.0, "price_per_1m_output_tokens": 40.0}}
-USAGE = {"prompt_tokens": 100, "completion_tokens": 1000, "total_tokens": 1100}
+USAGE = Usage(prompt_tokens=100, completion_tokens=1000, total_tokens=1100)
 PROMPT = "a lighthouse painted by a metrics test"
 
 
