@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -339,3 +340,28 @@ def test_a_bad_edit_submission_is_the_synchronous_error(client: httpx.Client) ->
     assert errors[0][0] == 400
     assert errors[0][1]["param"] == "mask"
     assert errors[0] == errors[1]
+
+
+def test_a_job_has_an_access_log_line_per_run_and_its_metrics(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh_images_asgi.access")
+    job = client.post(SUBMIT, json={"model": "local/sketch", "prompt": "logged"}).json()
+    assert wait_finished(client, job["id"])["status"] == "succeeded"
+    lines = [
+        record.mesh_images  # type: ignore[attr-defined]
+        for record in caplog.records
+        if getattr(record, "mesh_images", {}).get("job") == job["id"]
+    ]
+    ran, submitted = sorted(lines, key=lambda line: str(line["method"]))  # either may log first
+    assert (submitted["method"], submitted["status"]) == ("POST", 202)
+    assert (ran["method"], ran["status"]) == ("JOB", 200)
+    assert ran["route"] == SUBMIT
+    assert ran["request_id"] == submitted["request_id"]
+    assert ran["model"] == "local/sketch"
+    assert ran["images"] == 1
+    metrics = client.get("/metrics").text
+    assert 'mesh_images_jobs_total{status="queued"} 1.0' in metrics
+    assert 'mesh_images_jobs_total{status="succeeded"} 1.0' in metrics
+    assert "mesh_images_job_queued_seconds_count 1.0" in metrics
+    assert "mesh_images_job_running_seconds_count 1.0" in metrics
