@@ -60,7 +60,7 @@ from mesh_images_asgi._domain.jobs import Provider
 from mesh_images_asgi._domain.schemas import ImageRequest, parse_request
 from mesh_images_asgi._observe.metrics import Metrics
 from mesh_images_asgi._observe.observer import Observer
-from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, current_outcome
+from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome
 from mesh_images_asgi._observe.redact import install_log_redaction, register_secret
 from mesh_images_asgi._observe.tracing import Tracing
 from mesh_images_asgi._routing.byok import read_client_keys
@@ -101,7 +101,7 @@ METRICS_PATH = "/metrics"
 HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
 """The embedded image store's images (the route's name in metrics and logs)."""
 
-Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
+Handler = Callable[["ImagesApp", Scope, Receive, Send, Outcome], Awaitable[None]]
 Reader = Callable[[Scope, Receive], Awaitable[tuple[ImageRequest, EditInputs | None]]]
 """Reads one request form: a generation's JSON, or an edit's form or JSON and its images."""
 _JSON = b"application/json"
@@ -398,7 +398,7 @@ class ImagesApp:
         route = self.route(path)
         outcome = self._observer.start(scope, route or path, request_id)
         try:
-            await self._dispatch(scope, route, receive, send, request_id)
+            await self._dispatch(scope, route, receive, send, outcome)
         except ClientDisconnected:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
@@ -415,7 +415,7 @@ class ImagesApp:
             self._observer.finish(outcome)
 
     async def _dispatch(
-        self, scope: Scope, route: str | None, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, route: str | None, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         methods = None if route is None else self._routes.get(route)
         if methods is None:
@@ -425,28 +425,28 @@ class ImagesApp:
             raise MethodNotAllowed(scope["method"], sorted(methods))
         if scope["method"] == "HEAD":
             send = _without_body(send)
-        await handler(self, scope, receive, send, request_id)
+        await handler(self, scope, receive, send, outcome)
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        await self._serve(scope, receive, send, request_id, self._read_generation)
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        await self._serve(scope, receive, send, outcome, self._read_generation)
 
-    async def _edit(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _edit(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         """An edit: the same path as a generation, with the images of either request form."""
-        await self._serve(scope, receive, send, request_id, self._read_edit)
+        await self._serve(scope, receive, send, outcome, self._read_edit)
 
     async def _variations(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         """Served as an edit by the models that declare ``variations``; else a clear error."""
-        await self._serve(scope, receive, send, request_id, self._read_variation)
+        await self._serve(scope, receive, send, outcome, self._read_variation)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, read: Reader
     ) -> None:
         if self._inflight.draining:
             raise _shutting_down()
         with self._inflight.track(send) as tracked:
-            await self._serve_generation(scope, receive, tracked.send, request_id, read)
+            await self._serve_generation(scope, receive, tracked.send, outcome, read)
         if tracked.cut and not tracked.started:
             raise _shutting_down()
 
@@ -488,9 +488,9 @@ class ImagesApp:
         return request, inputs
 
     async def _serve_generation(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, read: Reader
     ) -> None:
-        outcome = current_outcome()
+        request_id = outcome.request_id
         key = self._keys.authenticate(scope)  # cheap refusals before a byte of the body is read
         if key is not None:
             outcome.key = key.label
@@ -511,9 +511,7 @@ class ImagesApp:
         authorize(key, plan.job.entry, request.n)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         if dialect is not None:
-            await stream_generation(
-                service, plan, receive, send, request_id, self.settings, dialect
-            )
+            await stream_generation(service, plan, receive, send, outcome, self.settings, dialect)
             return
         routed = await call_until_disconnect(receive, lambda: service.generate(plan))
         if routed is None:
@@ -526,17 +524,17 @@ class ImagesApp:
             ]
             outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
-    def _visible_models(self, scope: Scope) -> list[ModelEntry]:
+    def _visible_models(self, scope: Scope, outcome: Outcome) -> list[ModelEntry]:
         """The models this caller may see: enabled providers, and those its key may use."""
         key = self._keys.authenticate(scope)
         entries = self.service.enabled_models()
         if key is not None:
-            current_outcome().key = key.label
+            outcome.key = key.label
             entries = [entry for entry in entries if key.allows(entry)]
         return entries
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        entries = self._visible_models(scope)
+    async def _models(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        entries = self._visible_models(scope, outcome)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if query.get("include_retired", ["false"])[-1].lower() not in {"true", "1"}:
             entries = [entry for entry in entries if entry.status != "retired"]
@@ -547,11 +545,11 @@ class ImagesApp:
         if providers:
             entries = [entry for entry in entries if entry.provider in providers]
         body = model_list(entries, self.service.created, model_dialect(scope))
-        current_outcome().bytes = await _send_json(send, 200, body, request_id)
+        outcome.bytes = await _send_json(send, 200, body, outcome.request_id)
 
-    async def _model(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _model(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         name = route_path(scope)[len(MODELS_PATH) + 1 :]
-        entries = {entry.id: entry for entry in self._visible_models(scope)}
+        entries = {entry.id: entry for entry in self._visible_models(scope, outcome)}
         try:
             entry = entries.get(self.service.catalog.resolve(name).id)
         except ModelNotFound:
@@ -561,14 +559,14 @@ class ImagesApp:
                 f"Model {name!r} is not served here. GET /v1/models lists the models served here."
             )
         body = model_object(entry, self.service.created, model_dialect(scope))
-        current_outcome().bytes = await _send_json(send, 200, body, request_id)
+        outcome.bytes = await _send_json(send, 200, body, outcome.request_id)
 
-    async def _health(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _health(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         if self._inflight.draining:  # load balancers stop sending while we drain
             raise _shutting_down()
-        await _send_json(send, 200, {"status": "ok"}, request_id)
+        await _send_json(send, 200, {"status": "ok"}, outcome.request_id)
 
-    async def _ready(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _ready(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         """200 once the app's resources exist and while it is not draining; 503 otherwise.
 
         Servers answer no request before lifespan startup completes; with no lifespan, the
@@ -580,28 +578,30 @@ class ImagesApp:
         except Exception:
             logger.exception("mesh-images: the app could not start")
             raise ServiceUnavailable("This gateway could not start; see its log.") from None
-        await _send_json(send, 200, {"status": "ready"}, request_id)
+        await _send_json(send, 200, {"status": "ready"}, outcome.request_id)
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         if self.settings.metrics_auth:  # every tenant's series: for an admin only
             require_scope(self._keys.authenticate(scope), ADMIN)
         body, content_type = self.metrics.exposition(
             (get_header(scope, b"accept") or b"").decode("latin-1")
         )
-        await send_bytes(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
+        await send_bytes(
+            send, 200, body, content_type, [(b"x-request-id", outcome.request_id.encode())]
+        )
 
-    async def _openapi(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        headers = [(b"x-request-id", request_id.encode())]
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        headers = [(b"x-request-id", outcome.request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
-        current_outcome().bytes = len(self._openapi_body)
+        outcome.bytes = len(self._openapi_body)
 
-    async def _hosted(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _hosted(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         publisher = self.service.publisher
         store = publisher.store if publisher is not None else None
         if not isinstance(store, EmbeddedStore):
             raise NotFound(f"No route for {scope['path']!r}.")
         path = route_path(scope)
-        current_outcome().bytes = await serve_hosted(store, path, scope, receive, send, request_id)
+        outcome.bytes = await serve_hosted(store, path, scope, receive, send, outcome.request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
