@@ -27,6 +27,7 @@ from .cors import with_cors
 from .cost import cost_headers
 from .dialects import model_dialect, stream_dialect
 from .disconnect import call_until_disconnect
+from .error_response import send_error
 from .errors import (
     GatewayError,
     InternalError,
@@ -43,6 +44,7 @@ from .model_views import model_list, model_object
 from .observer import Observer
 from .openapi import OPENAPI_PATH, openapi_bytes
 from .outcome import CLIENT_CLOSED, current_outcome
+from .playground import PAGE_PATHS, PlaygroundApp
 from .providers.base import Provider
 from .providers.registry import build_providers
 from .ratelimit import Limiter, create_limiter, enforce
@@ -126,18 +128,6 @@ def _shutting_down() -> ProviderNotAvailable:
     )
 
 
-async def _send_error(send: Send, error: GatewayError, request_id: str) -> int:
-    body = error.envelope(request_id)
-    await send_bytes(
-        send,
-        error.status,
-        body,
-        _JSON,
-        [(b"x-request-id", request_id.encode()), *error.response_headers()],
-    )
-    return len(body)
-
-
 class ImagesApp:
     """The images API as a pure ASGI app.
 
@@ -161,11 +151,15 @@ class ImagesApp:
     * **metrics_route** - also serve ``GET /metrics`` (the standalone server does).
     * **cors** - answer CORS for ``Settings.cors_origins`` (``MESH_IMAGES_CORS_ORIGINS``; the
       standalone server does; see ``cors.py``).
+    * **playground** - also serve the playground page at ``GET /`` (its files beside it; the
+      standalone server does, ``mesh-images serve --no-playground`` turns it off; see
+      ``playground.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
-    ``/openapi.json`` and ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
+    ``/openapi.json``, the playground's files and ``/metrics`` (unless
+    ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -186,6 +180,7 @@ class ImagesApp:
         metrics: Metrics | None = None,
         metrics_route: bool = False,
         cors: bool = False,
+        playground: bool = False,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
@@ -212,6 +207,10 @@ class ImagesApp:
             self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+        self._playground = PlaygroundApp() if playground else None
+        if playground:
+            for path in ("", *PAGE_PATHS):
+                self._routes[path] = {"GET": ImagesApp._page, "HEAD": ImagesApp._page}
         self._entry: ASGIApp = self._http
         if cors and self.settings.cors_origins:
             self._entry = with_cors(self._http, self.settings.cors_origins)
@@ -333,11 +332,11 @@ class ImagesApp:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
             outcome.failed(error)
-            outcome.bytes = await _send_error(send, error, request_id)
+            outcome.bytes = await send_error(send, error, request_id)
         except Exception:
             outcome.fail(500, "internal_error")
             logger.exception("mesh-images: unhandled error in request %s", request_id)
-            outcome.bytes = await _send_error(send, InternalError("Internal error."), request_id)
+            outcome.bytes = await send_error(send, InternalError("Internal error."), request_id)
         except BaseException:  # cancelled by the server or the host
             outcome.fail(CLIENT_CLOSED, "cancelled")
             raise
@@ -466,6 +465,10 @@ class ImagesApp:
         headers = [(b"x-request-id", request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
         current_outcome().bytes = len(self._openapi_body)
+
+    async def _page(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        assert self._playground is not None  # the route exists only with it
+        await self._playground.respond(scope, send, request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
