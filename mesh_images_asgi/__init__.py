@@ -6,5 +6,6 @@ from ._version import __version__ as __version__
 from .app import ImagesApp
 from .config import Settings
 from .middleware import ImagesMiddleware
+from .playground import PlaygroundApp
 
-__all__ = ["ImagesApp", "ImagesMiddleware", "Settings"]
+__all__ = ["ImagesApp", "ImagesMiddleware", "PlaygroundApp", "Settings"]

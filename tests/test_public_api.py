@@ -4,7 +4,12 @@ import mesh_images_asgi
 
 
 def test_public_names_are_exactly_the_contract() -> None:
-    assert mesh_images_asgi.__all__ == ["ImagesApp", "ImagesMiddleware", "Settings"]
+    assert mesh_images_asgi.__all__ == [
+        "ImagesApp",
+        "ImagesMiddleware",
+        "PlaygroundApp",
+        "Settings",
+    ]
     for name in mesh_images_asgi.__all__:
         assert getattr(mesh_images_asgi, name).__doc__
 

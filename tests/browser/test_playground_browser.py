@@ -153,6 +153,9 @@ def test_a_streamed_generation_shows_pings_partials_headers_and_the_final_images
         assert "x-mesh-routing-model\nlocal/sketch" in shown
         assert "usage.cost_usd\n0" in shown
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.set_viewport_size({"width": 375, "height": 800})  # a phone: nothing to scroll sideways
+        widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1] == 375
     assert browser.errors == []
 
 
