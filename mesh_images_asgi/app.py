@@ -18,7 +18,7 @@ import orjson
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send, get_header, route_path, send_bytes
 from ._loop_guard import LoopGuard
-from .auth import KeyRing, allowed_models, authorize
+from .auth import ADMIN, KeyRing, allowed_models, authorize, require_scope
 from .body import ClientDisconnected, check_body_headers, read_body
 from .byok import read_client_keys
 from .catalog import Catalog, ModelEntry, load_catalog
@@ -159,7 +159,7 @@ class ImagesApp:
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
     ``/openapi.json``, the playground's files and ``/metrics`` (unless
-    ``MESH_IMAGES_METRICS_AUTH``) asks for one (see
+    ``MESH_IMAGES_METRICS_AUTH``: then a key with the ``admin`` scope) asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -275,6 +275,8 @@ class ImagesApp:
             self._limiter = create_limiter(
                 url.get_secret_value() if url is not None else None,
                 fail_open=self.settings.rate_limit_fail_open,
+                max_connections=self.settings.redis_max_connections,
+                pool_timeout=self.settings.redis_pool_timeout,
             )
         return self._limiter
 
@@ -403,7 +405,7 @@ class ImagesApp:
         entries = self.service.enabled_models()
         if key is not None:
             current_outcome().key = key.label
-            entries = [entry for entry in entries if key.allows(entry.id, entry.aliases)]
+            entries = [entry for entry in entries if key.allows(entry)]
         return entries
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
@@ -454,8 +456,8 @@ class ImagesApp:
         await _send_json(send, 200, {"status": "ready"}, request_id)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        if self.settings.metrics_auth:
-            self._keys.authenticate(scope)
+        if self.settings.metrics_auth:  # every tenant's series: for an admin only
+            require_scope(self._keys.authenticate(scope), ADMIN)
         body, content_type = self.metrics.exposition(
             (get_header(scope, b"accept") or b"").decode("latin-1")
         )

@@ -8,8 +8,8 @@ tells a caller how close a guess came or which key matched.
 
 The matched ``GatewayKey`` is the request's principal: its ``label`` names it in logs and metrics
 (never the key or its hash), its ``models`` patterns (``fnmatch``, ``*`` and ``?``) say which
-models it may use, ``rpm``/``rpd`` its request limits (see ``ratelimit``) and ``max_n`` the most
-images one request may ask for.
+models it may use, ``rpm``/``rpd`` its request limits (see ``ratelimit``), ``max_n`` the most
+images one request may ask for, and ``scopes`` what else it may do (``admin``: read metrics).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -28,18 +28,26 @@ from .catalog import ModelEntry
 from .errors import Forbidden, InvalidRequest, Unauthorized
 
 __all__ = [
+    "ADMIN",
     "KEY_PREFIX",
     "GatewayKey",
     "GatewayKeys",
     "KeyRing",
+    "KeyScope",
     "allowed_models",
     "authorize",
+    "forbidden_model",
     "hash_key",
     "new_key",
+    "require_scope",
 ]
 
 KEY_PREFIX = "mik_"
 """Prefix of the keys ``new_key`` makes (so that scanners and ``redact`` can spot them)."""
+
+KeyScope = Literal["admin"]
+"""The scopes a key may hold (``scopes = ["admin"]``)."""
+ADMIN: KeyScope = "admin"
 
 _MAX_TOKEN_BYTES = 512
 _CHALLENGE = [(b"www-authenticate", b'Bearer realm="mesh-images"')]
@@ -73,6 +81,9 @@ class GatewayKey(BaseModel):
     """Requests per UTC day; none: no limit."""
     max_n: int | None = Field(default=None, ge=1, le=10)
     """Most images one request may ask for; none: the model's own limit."""
+    scopes: tuple[KeyScope, ...] = ()
+    """What the key may do beyond generating images: ``admin`` reads ``GET /metrics`` when
+    ``MESH_IMAGES_METRICS_AUTH`` is on (every tenant's series)."""
 
     @field_validator("hash")
     @classmethod
@@ -83,9 +94,12 @@ class GatewayKey(BaseModel):
     def digest(self) -> bytes:
         return bytes.fromhex(self.hash)
 
-    def allows(self, model_id: str, aliases: Sequence[str] = ()) -> bool:
-        """Whether a pattern matches the model's id or one of its (catalog) aliases."""
-        names = (model_id, *aliases)
+    def allows(self, entry: ModelEntry) -> bool:
+        """Whether a pattern matches the (resolved) model: its canonical id, or one of its
+        aliases that names the model's own provider. An alias naming another provider
+        (``aliases = ["local/fast"]`` on an OpenAI model) never lets a ``local/*`` key in."""
+        own = entry.provider + "/"
+        names = (entry.id, *(alias for alias in entry.aliases if alias.startswith(own)))
         return any(fnmatchcase(name, pattern) for pattern in self.models for name in names)
 
 
@@ -143,12 +157,23 @@ class KeyRing:
         return found
 
 
+def require_scope(key: GatewayKey | None, scope: KeyScope) -> None:
+    """403 ``forbidden`` unless ``key`` holds ``scope`` (None: no keys configured, all may)."""
+    if key is not None and scope not in key.scopes:
+        raise Forbidden(f"This API key lacks the {scope!r} scope this route needs.")
+
+
+def forbidden_model(entry: ModelEntry) -> Forbidden:
+    """The 403 for a model the caller's key may not use."""
+    return Forbidden(f"This API key may not use model {entry.id!r}.", param="model")
+
+
 def authorize(key: GatewayKey | None, entry: ModelEntry, n: int) -> None:
     """403 ``forbidden`` for a model the key may not use; 400 for more images than it may ask."""
     if key is None:
         return
-    if not key.allows(entry.id, entry.aliases):
-        raise Forbidden(f"This API key may not use model {entry.id!r}.", param="model")
+    if not key.allows(entry):
+        raise forbidden_model(entry)
     if key.max_n is not None and n > key.max_n:
         raise InvalidRequest(
             f"This API key may ask for at most {key.max_n} image(s) per request (n).", param="n"
@@ -159,4 +184,4 @@ def allowed_models(key: GatewayKey | None) -> Callable[[ModelEntry], bool] | Non
     """The test of the models ``key`` may use (for fallbacks); None when every model is."""
     if key is None:
         return None
-    return lambda entry: key.allows(entry.id, entry.aliases)
+    return key.allows

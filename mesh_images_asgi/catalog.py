@@ -27,12 +27,12 @@ PriceTable = Mapping[str, Mapping[str, _Price]]
 """USD per image by quality, then by size (``{"high": {"1024x1024": 0.133}}``)."""
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:@-]*$")
-_WXH = re.compile(r"^([1-9][0-9]*)x([1-9][0-9]*)$")
+_WXH = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")  # fullmatch: "$" would let "\n" by
 
 
 def parse_wxh(size: str) -> tuple[int, int] | None:
     """``"1024x768"`` -> ``(1024, 768)``; anything else -> None."""
-    match = _WXH.match(size)
+    match = _WXH.fullmatch(size)
     return (int(match[1]), int(match[2])) if match else None
 
 

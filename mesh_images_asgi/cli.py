@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--rpd", type=int, help="requests per UTC day")
     create.add_argument("--max-n", type=int, help="most images per request")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=["admin"],
+        dest="scopes",
+        help="what else the key may do (admin: read /metrics under MESH_IMAGES_METRICS_AUTH)",
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object instead")
     keys.add_parser("hash", help="print the config hash of a key read from standard input")
     catalog = commands.add_parser("catalog", help="the model catalog").add_subparsers(
@@ -96,7 +103,13 @@ def _keys(args: argparse.Namespace) -> int:
         print(hash_key(key))
         return 0
     key = new_key()
-    options = {"models": args.models, "rpm": args.rpm, "rpd": args.rpd, "max_n": args.max_n}
+    options = {
+        "models": args.models,
+        "rpm": args.rpm,
+        "rpd": args.rpd,
+        "max_n": args.max_n,
+        "scopes": args.scopes,
+    }
     entry = {"hash": hash_key(key), "label": args.label}
     entry.update((name, value) for name, value in options.items() if value is not None)
     try:

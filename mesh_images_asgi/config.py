@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     retired_models: Literal["refuse", "replace", "serve"] = "refuse"
     """A request for a retired model: 410 ``model_retired`` (refuse), served by its replacement
     (replace), or sent to the retired upstream id anyway (serve); see ``lifecycle.py``."""
+    local_render_threads: int | None = Field(default=None, ge=1)
+    """Generations the ``local`` provider renders at once, each in a thread (None: one per core)."""
+    local_render_queue: int = Field(default=64, ge=0)
+    """Generations that may wait to render; beyond them, 503 ``provider_not_available``."""
 
     # Resilience (docs/resilience.md): retries, fallbacks, breaker, bulkhead, BYOK, drain.
     max_attempts: int = Field(default=4, ge=1)
@@ -86,7 +90,8 @@ class Settings(BaseSettings):
     breaker_cooldown: float = Field(default=30.0, gt=0)
     """Seconds an open circuit refuses calls before one probe is let through."""
     bulkhead_limit: int = Field(default=128, ge=1)
-    """Concurrent upstream calls per provider (the embedded ``local`` renderer is exempt)."""
+    """Concurrent upstream calls per provider (the embedded ``local`` renderer has its own bound:
+    ``local_render_threads``)."""
     bulkhead_queue: int = Field(default=512, ge=0)
     """Calls that may wait for a provider's slot; beyond them, 503 ``provider_not_available``."""
     byok_fallback: bool = True
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
     vertex_token_uri: str = "https://oauth2.googleapis.com/token"
     """Where tokens for clients' own Vertex service accounts are minted (their ``token_uri`` is
     ignored, so a client cannot make the gateway call an address of its choosing)."""
+    client_key_threads: int = Field(default=4, ge=1)
+    """Worker threads that load the service-account keys clients bring (BYOK) and mint their
+    tokens, at most; more such requests wait for one (the event loop never does)."""
     drain_timeout: float = Field(default=30.0, ge=0)
     """At shutdown, seconds in-flight generations may take to finish before they are cut."""
     config: Path | None = None
@@ -114,6 +122,11 @@ class Settings(BaseSettings):
     file). With none, nobody is asked for a key (see docs/security.md)."""
     redis_url: SecretStr | None = None
     """Redis for rate-limit counters shared by every gateway process (``MESH_IMAGES_REDIS_URL``)."""
+    redis_max_connections: int = Field(default=50, ge=1)
+    """Connections each gateway process opens to Redis, at most; under a burst, requests wait
+    for one (``redis_pool_timeout``) instead of taking the burst for an outage."""
+    redis_pool_timeout: float = Field(default=2.0, gt=0)
+    """Seconds a request waits for a Redis connection; past it, 503 ``service_unavailable``."""
     rate_limit_fail_open: bool = True
     """While Redis is unreachable: limit in memory per process (true) or refuse with 503 (false)."""
     body_timeout: float = Field(default=30.0, gt=0)

@@ -11,8 +11,16 @@ When Redis cannot be reached the configured policy applies, logged once per outa
   spend at most its limits once per process while Redis is away, never without bound;
 * fail closed: 503 ``service_unavailable`` until Redis answers again.
 
-Redis is tried again at most once a second while it is away, so an outage adds no latency.
-Windows are numbered from each gateway's clock (keep clocks in sync with NTP).
+The counts carry over both ways, so a flapping Redis never restarts a window from zero: the
+memory fallback starts from the counts Redis last told this process, the hits it admitted are
+added to Redis's counters by the first script that reaches Redis again, and a Redis that comes
+back empty (restarted without persistence) is raised to the least count this process knows.
+
+A burst is not an outage: connections come from a blocking pool (``redis_max_connections``),
+and a request waits up to ``redis_pool_timeout`` s for one; past that it is refused with 503
+``service_unavailable`` and ``Retry-After`` (back-pressure), neither counted nor let through on
+memory counts. Redis is tried again at most once a second while it is away, so an outage adds
+no latency. Windows are numbered from each gateway's clock (keep clocks in sync with NTP).
 """
 
 from __future__ import annotations
@@ -126,10 +134,7 @@ class MemoryLimiter:
 
     async def hit(self, bucket: str, windows: Sequence[Window], now: float) -> Decision:
         numbers = [int(now // window.seconds) for window in windows]
-        counts = []
-        for window, number in zip(windows, numbers, strict=True):
-            stored = self._counters.get((bucket, window.name))
-            counts.append(stored[1] if stored is not None and stored[0] == number else 0)
+        counts = [self.count(bucket, window, now) for window in windows]
         allowed = all(count < window.limit for count, window in zip(counts, windows, strict=True))
         if allowed:
             counts = [count + 1 for count in counts]
@@ -137,27 +142,57 @@ class MemoryLimiter:
                 self._counters[(bucket, window.name)] = (number, count)
         return Decision.from_counts(windows, counts, allowed, now)
 
+    def count(self, bucket: str, window: Window, now: float) -> int:
+        """The bucket's count in the current ``window``."""
+        stored = self._counters.get((bucket, window.name))
+        return stored[1] if stored is not None and stored[0] == int(now // window.seconds) else 0
+
+    def learn(
+        self, bucket: str, windows: Sequence[Window], counts: Sequence[int], now: float
+    ) -> None:
+        """Raise the bucket's counts in the current windows to ``counts`` (learnt from Redis)."""
+        for window, count in zip(windows, counts, strict=True):
+            number = int(now // window.seconds)
+            stored = self._counters.get((bucket, window.name))
+            if stored is None or stored[0] != number or stored[1] < count:
+                self._counters[(bucket, window.name)] = (number, count)
+
     async def aclose(self) -> None:
         self._counters.clear()
 
 
-# KEYS: one counter per window. ARGV: limit and TTL of each window, in KEYS order.
+# KEYS: one counter per window. ARGV, per window in KEYS order: its limit, its TTL, the hits this
+# process admitted on memory counts while Redis was away (they happened: added first), and the
+# least count this process knows of (a Redis restarted empty must not count from zero).
 # Returns {allowed (0/1), count of each window (after the hit when allowed)}.
 _HIT = """
 local counts, allowed = {}, 1
 for i = 1, #KEYS do
-  counts[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if counts[i] >= tonumber(ARGV[2 * i - 1]) then allowed = 0 end
+  local stored = tonumber(redis.call('GET', KEYS[i]) or '0')
+  counts[i] = math.max(stored + tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i]))
+  if counts[i] ~= stored then redis.call('SET', KEYS[i], counts[i], 'EX', ARGV[4 * i - 2]) end
+  if counts[i] >= tonumber(ARGV[4 * i - 3]) then allowed = 0 end
 end
 if allowed == 1 then
   for i = 1, #KEYS do
     counts[i] = redis.call('INCR', KEYS[i])
-    if counts[i] == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i]) end
+    if counts[i] == 1 then redis.call('EXPIRE', KEYS[i], ARGV[4 * i - 2]) end
   end
 end
 table.insert(counts, 1, allowed)
 return counts
 """
+
+
+def _pool_exhausted(exc: Exception) -> bool:
+    """Whether ``exc`` is the blocking pool's "no connection within the timeout" (the pool
+    raises a plain ``ConnectionError`` caused by its wait's ``TimeoutError``)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MaxConnectionsError
+
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    return type(exc) is RedisConnectionError and isinstance(exc.__cause__, TimeoutError)
 
 
 class RedisLimiter:
@@ -166,7 +201,15 @@ class RedisLimiter:
     ``fail_open``: what to do while Redis cannot be reached (see the module docstring).
     """
 
-    def __init__(self, url: str, *, fail_open: bool, timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        fail_open: bool,
+        timeout: float = 0.5,
+        max_connections: int = 50,
+        pool_timeout: float = 2.0,
+    ) -> None:
         try:
             from redis import asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -179,41 +222,76 @@ class RedisLimiter:
             ) from None
         # One immediate retry (a pooled connection the server closed), then the policy: the
         # client's default of ten retries with backoff would stall every request in an outage.
-        self._client: Any = aioredis.Redis.from_url(
+        # A blocking pool: under a burst a request waits for a connection (back-pressure),
+        # where the default pool raises at once, which would look like an outage.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=pool_timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
+        self._client: Any = aioredis.Redis.from_pool(pool)
         self._script: Any = self._client.register_script(_HIT)
         self._unreachable = (RedisError, OSError)
         self._fail_open = fail_open
         self._fallback = MemoryLimiter()
+        self._carried: dict[tuple[str, str, int], int] = {}
+        """Hits admitted on memory counts that Redis has not seen: (bucket, window, number)."""
         self._down_since: float | None = None
         self._next_try = 0.0
 
     async def hit(self, bucket: str, windows: Sequence[Window], now: float) -> Decision:
         if self._down_since is None or time.monotonic() >= self._next_try:
+            slots = [(bucket, w.name, int(now // w.seconds)) for w in windows]
+            carried = [self._carried.get(slot, 0) for slot in slots]
+            known = [self._fallback.count(bucket, window, now) for window in windows]
             try:
                 reply = await self._script(
-                    keys=[
-                        f"{_PREFIX}:{{{bucket}}}:{window.name}:{int(now // window.seconds)}"
-                        for window in windows
+                    keys=[f"{_PREFIX}:{{{b}}}:{name}:{number}" for b, name, number in slots],
+                    args=[
+                        value
+                        for w, hits, least in zip(windows, carried, known, strict=True)
+                        for value in (w.limit, w.seconds + MINUTE, hits, least)
                     ],
-                    args=[value for w in windows for value in (w.limit, w.seconds + MINUTE)],
                 )
             except self._unreachable as exc:  # refused, timed out, auth failed, read-only...
+                if _pool_exhausted(exc):
+                    raise ServiceUnavailable(
+                        "The gateway is busy counting requests; try again shortly.",
+                        retry_after_seconds=_RETRY_INTERVAL,
+                    ) from None
                 self._went_down(exc)
             else:
                 self._came_back()
+                self._synced(bucket, slots, carried)
                 counts = [int(count) for count in reply[1:]]
+                self._fallback.learn(bucket, windows, counts, now)
                 return Decision.from_counts(windows, counts, bool(reply[0]), now)
         if not self._fail_open:
             raise ServiceUnavailable(
                 "Rate limiting is unavailable, so requests are refused; try again shortly.",
                 retry_after_seconds=_RETRY_INTERVAL,
             )
-        return await self._fallback.hit(bucket, windows, now)
+        decision = await self._fallback.hit(bucket, windows, now)
+        if decision.allowed:
+            for window in windows:
+                slot = (bucket, window.name, int(now // window.seconds))
+                self._carried[slot] = self._carried.get(slot, 0) + 1
+        return decision
+
+    def _synced(
+        self, bucket: str, slots: Sequence[tuple[str, str, int]], sent: Sequence[int]
+    ) -> None:
+        """Redis has added the ``sent`` hits of ``slots``: forget them and the past windows."""
+        for slot, hits in zip(slots, sent, strict=True):
+            left = self._carried.pop(slot, 0) - hits  # hits admitted while the script ran
+            if left > 0:
+                self._carried[slot] = left
+        current = set(slots)
+        for slot in [s for s in self._carried if s[0] == bucket and s not in current]:
+            del self._carried[slot]
 
     def _went_down(self, exc: Exception) -> None:
         self._next_try = time.monotonic() + _RETRY_INTERVAL
@@ -237,17 +315,27 @@ class RedisLimiter:
             return
         outage = time.monotonic() - self._down_since
         self._down_since = None
-        self._fallback = MemoryLimiter()
         logger.warning("mesh-images: Redis is available again after %.1f s", outage)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def create_limiter(redis_url: str | None, *, fail_open: bool) -> Limiter:
+def create_limiter(
+    redis_url: str | None,
+    *,
+    fail_open: bool,
+    max_connections: int = 50,
+    pool_timeout: float = 2.0,
+) -> Limiter:
     """A ``RedisLimiter`` when a Redis URL is configured, else a ``MemoryLimiter``."""
     if redis_url:
-        return RedisLimiter(redis_url, fail_open=fail_open)
+        return RedisLimiter(
+            redis_url,
+            fail_open=fail_open,
+            max_connections=max_connections,
+            pool_timeout=pool_timeout,
+        )
     return MemoryLimiter()
 
 

@@ -7,12 +7,17 @@ take them.
 
 Whatever the field, known or not, the body is also held to bounds (422 past them): JSON nested at
 most ``MAX_DEPTH`` levels, strings (and object keys) of at most ``MAX_STRING_CHARS`` characters
-except image inputs (bounded by the body size), and no control characters other than tab, newline
-and carriage return.
+except image inputs (bounded by the body size), no control characters other than tab, newline
+and carriage return, and no non-finite numbers (``NaN``, ``Infinity``: they are not JSON, and an
+upstream would receive them as ``null``).
+
+``quality`` is a schema value when the contract lists it (``CONTRACT_QUALITIES``) or a catalog
+entry adds it; the service checks the second half, since only it knows the catalog.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from itertools import islice
@@ -22,12 +27,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidJSON, ValidationFailed
 
-__all__ = ["MAX_DEPTH", "MAX_STRING_CHARS", "OPTIONAL_PARAMS", "ImageRequest", "parse_request"]
+__all__ = [
+    "CONTRACT_QUALITIES",
+    "MAX_DEPTH",
+    "MAX_STRING_CHARS",
+    "OPTIONAL_PARAMS",
+    "ImageRequest",
+    "parse_request",
+    "unknown_quality",
+]
 
 MAX_DEPTH = 32
 MAX_STRING_CHARS = 65_536
 _UNBOUNDED_STRINGS = frozenset({"image"})  # base64 image inputs: only the body limit applies
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+CONTRACT_QUALITIES = frozenset({"low", "medium", "high", "hd", "standard", "auto"})
+"""The qualities of the contract; a catalog entry may add more."""
 
 MAX_FALLBACKS = 5
 SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4}|[1-9][0-9]?:[1-9][0-9]?)$"
@@ -36,7 +52,9 @@ SIZE_PATTERN = r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4}|[1-9][0-9]?:[1-9][0-9]?)
 class ImageRequest(BaseModel):
     """One image generation request, as the client sent it."""
 
-    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
+    model_config = ConfigDict(
+        strict=True, extra="allow", protected_namespaces=(), allow_inf_nan=False
+    )
 
     prompt: str = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
@@ -101,6 +119,15 @@ OPTIONAL_PARAMS: tuple[str, ...] = (
 )
 
 
+def unknown_quality(quality: str) -> ValidationFailed:
+    """The 422 for a ``quality`` neither the contract nor any catalog entry knows."""
+    msg = f"Input should be one of: {', '.join(sorted(CONTRACT_QUALITIES))} (or a catalog value)"
+    return ValidationFailed(
+        "Request validation failed.",
+        details=[{"loc": ["body", "quality"], "msg": msg, "type": "enum"}],
+    )
+
+
 def parse_request(body: bytes) -> ImageRequest:
     """Parse and validate a request body: 400 ``invalid_json`` or 422 ``validation_error``."""
     try:
@@ -125,16 +152,21 @@ def parse_request(body: bytes) -> ImageRequest:
 
 # How a control character can appear in JSON text: escaped (\u00XX, \b, \f) or, for DEL, raw.
 _CONTROL_MARKERS = (b"\\u", b"\\b", b"\\f", b"\x7f")
+# How a non-finite number can: NaN, Infinity, or a literal too large for a float (1e400, or
+# more than 300 digits).
+_NON_FINITE = re.compile(rb"NaN|Infinity|[eE]\+?[0-9]{3}|[0-9.]{300}")
 
 
 def _may_break_bounds(body: bytes) -> bool:
     """False when no part of ``body`` can break a bound, so the walk below is not needed: no
     string longer than the body, no nesting deeper than its brackets, no control character
-    without its escape. Most requests take this fast path."""
+    without its escape, no non-finite number without its spelling. Most requests take this fast
+    path."""
     return (
         len(body) > MAX_STRING_CHARS
         or body.count(b"{") + body.count(b"[") > MAX_DEPTH
         or any(marker in body for marker in _CONTROL_MARKERS)
+        or _NON_FINITE.search(body) is not None
     )
 
 
@@ -151,6 +183,10 @@ def _bound_problems(value: Any, loc: list[Any], depth: int) -> Iterator[dict[str
     """Bounds every part of the body must keep, whatever its field; ``depth`` counts containers."""
     if isinstance(value, str):
         yield from _string_problems(value, loc)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        msg = "Input should be a finite number"
+        yield {"loc": loc, "msg": msg, "type": "finite_number"}
         return
     if not isinstance(value, dict | list):
         return

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
+from .auth import forbidden_model
 from .breaker import Breakers
 from .bulkhead import Bulkhead
 from .byok import ClientKeys
@@ -23,14 +24,15 @@ from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, Valida
 from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
 from .routing import Plan, RetryPolicy, Routed, Router
-from .schemas import ImageRequest
+from .schemas import CONTRACT_QUALITIES, ImageRequest, unknown_quality
 
 __all__ = ["UNBOUNDED_PROVIDERS", "ImageService"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 UNBOUNDED_PROVIDERS = frozenset({"local"})
-"""Providers without a bulkhead: the embedded renderer has no upstream to protect."""
+"""Providers without an upstream bulkhead: the embedded renderer has no upstream to protect (its
+CPU work has its own bound, in ``providers/local.py``)."""
 
 
 class ImageService:
@@ -45,6 +47,7 @@ class ImageService:
         self.created = int(time.time())
         """When the models were loaded: the ``created`` of every model object."""
         self._warnings = Warnings()
+        self._qualities = CONTRACT_QUALITIES.union(*(entry.qualities for entry in catalog))
         self.router = Router(
             self.providers,
             RetryPolicy.from_settings(settings),
@@ -59,9 +62,17 @@ class ImageService:
     def enabled_models(self) -> list[ModelEntry]:
         return [entry for entry in self.catalog if entry.provider in self.providers]
 
-    def prepare(self, request: ImageRequest) -> GenerationJob:
+    def prepare(
+        self, request: ImageRequest, allow: Callable[[ModelEntry], bool] | None = None
+    ) -> GenerationJob:
         """Resolve and check the requested model; raise the 4xx/501 that says why it cannot be
-        served. Without ``model``, the first of ``models`` (or the default model) is requested."""
+        served. Without ``model``, the first of ``models`` (or the default model) is requested.
+
+        Order matters: a model ``allow`` refuses is 403 before anything else is said about it
+        (its capabilities, whether its provider is configured), so a key learns nothing of the
+        models it may not use; ``allow`` sees the resolved entry, never the name as sent."""
+        if request.quality is not None and request.quality not in self._qualities:
+            raise unknown_quality(request.quality)
         name = request.model or (request.models[0] if request.models else None)
         name = name or self.settings.default_model
         if name is None:
@@ -76,7 +87,12 @@ class ImageService:
                 ],
             )
         entry = self.catalog.resolve(name)
-        entry, request = current_model(self.catalog, entry, request, self.settings.retired_models)
+        if allow is not None and not allow(entry):
+            raise forbidden_model(entry)
+        served, request = current_model(self.catalog, entry, request, self.settings.retired_models)
+        if served is not entry and allow is not None and not allow(served):
+            raise forbidden_model(served)  # a retired model's replacement must be allowed too
+        entry = served
         self._warnings.requested(entry)
         check_request(entry, request)
         if entry.provider not in self.providers:
@@ -97,9 +113,10 @@ class ImageService:
 
         Fallbacks are the request's ``models`` (unknown names: 404, ``param`` ``models``) or else
         the model's configured ``fallbacks``. One that cannot serve the request (capabilities,
-        provider not configured, not allowed by ``allow``) is skipped, and the reason kept.
+        provider not configured, not allowed by ``allow``) is skipped, and the reason kept. The
+        requested model itself, not allowed by ``allow``, is 403 ``forbidden``.
         """
-        primary = self.prepare(request)
+        primary = self.prepare(request, allow)
         credentials = keys.resolve(primary.entry.provider) if keys else {}
         job = replace(primary, client_credentials=credentials) if credentials else primary
         fallbacks: list[GenerationJob] = []

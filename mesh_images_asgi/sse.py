@@ -10,10 +10,13 @@ Three tasks per stream, and only one of them ever calls ``send``::
     listener   -- the only caller of ``receive``: on ``http.disconnect`` it cancels everything
 
 Every ``send`` is bounded by ``send_timeout``: a reader that stops reading ends the request (and
-the upstream call) instead of pinning it. The stream always ends with ``data: [DONE]`` and
-``more_body: False`` (written under a shielded scope, also after an error, a send timeout or a
-server-side cancellation) unless the client is gone, in which case nothing more is written. A
-server-side cancellation (shutdown drain, a host's timeout) writes an error event
+the upstream call) instead of pinning it. A frame larger than ``FRAME_PIECE`` (an image) goes out
+in pieces of that size, each a ``send`` with its own timeout: a server buffers what a ``send``
+hands it until the socket takes it, so a reader that stops strands at most one piece in the
+server, not a whole image for as long as it holds the connection. The stream always ends with
+``data: [DONE]`` and ``more_body: False`` (written under a shielded scope, also after an error, a
+send timeout or a server-side cancellation) unless the client is gone, in which case nothing more
+is written. A server-side cancellation (shutdown drain, a host's timeout) writes an error event
 (``provider_not_available``) just before that ``[DONE]``, so that a cut stream never looks done.
 
 Memory matters here (thousands of streams wait at once): the producer and the listener are bare
@@ -46,7 +49,7 @@ from .routing import Plan
 from .service import ImageService
 from .stream_events import DONE, PING, StreamEvents, stream_events
 
-__all__ = ["DONE", "PING", "stream_generation"]
+__all__ = ["DONE", "FRAME_PIECE", "PING", "stream_generation"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
@@ -54,6 +57,9 @@ CUT = ProviderNotAvailable(
     "The server stopped this generation before it finished (it is shutting down); retry it.",
     retry_after_seconds=1.0,
 )
+
+FRAME_PIECE = 64 * 1024
+"""Most bytes one ``send`` hands the server (a frame larger than this goes in pieces)."""
 
 STOP_GRACE = 5.0
 """Seconds a cancelled generation gets to finish when its stream ends."""
@@ -120,9 +126,13 @@ class _Writer:
             raise SendTimeout
 
     async def body(self, data: bytes, more: bool = True) -> None:
-        await self({"type": "http.response.body", "body": data, "more_body": more})
+        """Send ``data``, in pieces of at most ``FRAME_PIECE`` bytes, each within the timeout."""
+        for start in range(0, len(data), FRAME_PIECE):
+            piece = data[start : start + FRAME_PIECE] if len(data) > FRAME_PIECE else data
+            last = start + FRAME_PIECE >= len(data)
+            await self({"type": "http.response.body", "body": piece, "more_body": more or not last})
+            self.sent += len(piece)
         self.closed = not more
-        self.sent += len(data)
 
 
 async def stream_generation(

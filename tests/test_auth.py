@@ -240,6 +240,11 @@ async def test_keys_create_prints_a_working_key_once_and_its_config(
     assert f'[[keys]]\nhash = "{hash_key(shown)}"\nlabel = "ops"\nmax_n = 2' in text
     assert main(["keys", "create", "--label", "bad label"]) == 2
 
+    assert main(["keys", "create", "--label", "ops", "--scope", "admin", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entry"]["scopes"] == ["admin"]
+    with pytest.raises(ValueError, match="scopes"):
+        GatewayKey.model_validate({**entry(KEY), "scopes": ["root"]})
+
 
 def test_keys_hash_reads_the_key_from_standard_input(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -285,3 +290,39 @@ def test_serve_binds_beyond_loopback_only_with_keys_or_insecure_no_auth(
         message = capsys.readouterr().err
         assert f"refusing to serve on {host} with no gateway keys" in message
         assert "--insecure-no-auth" in message
+
+
+@pytest.mark.anyio
+async def test_a_model_the_key_may_not_use_is_403_before_anything_is_said_about_it() -> None:
+    # An alias naming another provider must not pass for that provider's model.
+    spoof = {"openai/gpt-image-1.5": {"aliases": ["local/fast"]}}
+    keys = [entry(KEY, models=["local/*"])]
+    async with app_client(api_keys=keys, models=spoof, openai_api_key="sk-test-0000") as client:
+        answers = [
+            await client.post(GEN, json={"prompt": "fox", **fields}, headers=bearer(KEY))
+            for fields in (
+                {"model": "vertex/nano-banana-2", "size": "7x7"},  # a size check names sizes
+                {"model": "vertex/nano-banana-2", "quality": "hd"},  # capabilities: 400
+                {"model": "vertex/nano-banana-2"},  # provider not configured: 501
+                {"model": "vertex/imagen-4"},  # retired: 410
+                {"model": "local/fast"},  # the alias resolves to an OpenAI model
+            )
+        ]
+        listed = await client.get("/v1/models", headers=bearer(KEY))
+    for answer in answers:
+        error = assert_envelope(answer, 403, "forbidden")
+        assert error["param"] == "model"
+        assert "sizes" not in error["message"]
+    assert "gpt-image-1.5" in answers[-1].json()["error"]["message"]
+    assert all(model["id"].startswith("local/") for model in listed.json()["data"])
+
+
+@pytest.mark.anyio
+async def test_a_retired_models_replacement_must_be_allowed_too() -> None:
+    keys = [entry(KEY, models=["vertex/imagen-4*"])]
+    async with app_client(api_keys=keys, retired_models="replace") as client:
+        answer = await client.post(
+            GEN, json={"prompt": "fox", "model": "vertex/imagen-4"}, headers=bearer(KEY)
+        )
+    error = assert_envelope(answer, 403, "forbidden")
+    assert "imagen" not in error["message"]  # it names the replacement, which the key may not use

@@ -69,6 +69,8 @@ def test_vertex_credentials_are_a_service_account_raw_or_base64_or_else_an_api_k
         ({"project_id": "evil.example/x?"}, "project_id"),
         ({"region": "us-central1.evil.example/"}, "region"),
         ({"region": 5}, "region"),
+        ({"project_id": "byok-project\n"}, "project_id"),  # "$" in a regex lets "\n" by
+        ({"region": "us-central1\n"}, "region"),
     ],
 )
 def test_a_malformed_service_account_is_400_and_nothing_reaches_a_url(

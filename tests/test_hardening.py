@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from typing import Any
 
@@ -12,14 +13,22 @@ import anyio
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._asgi import Message
+from mesh_images_asgi._asgi import Message, Receive, Scope, Send
+from mesh_images_asgi.providers.base import (
+    GeneratedImage,
+    GenerationJob,
+    PartialSink,
+    ProviderResult,
+)
 from mesh_images_asgi.schemas import MAX_DEPTH, MAX_STRING_CHARS
+from mesh_images_asgi.sse import FRAME_PIECE
 from tests.helpers import app_client
 from tests.support.leaks import WATCH
 from tests.support.live import serve
 from tests.test_app import assert_envelope
 
 GEN = "/v1/images/generations"
+LOCAL = {"provider": "local", "upstream": "sketch", "sizes": ["256x256"], "max_n": 4}
 CANARY = WATCH.secret("prompt-canary-7Q2ZK")  # a prompt must never reach a log line
 
 
@@ -169,3 +178,103 @@ async def test_the_prompt_never_reaches_a_header_or_an_error_message() -> None:
         assert CANARY not in json.dumps(list(answer.headers.items()))
         if answer.status_code != 200:
             assert CANARY not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        (b'{"prompt": "fox", "guidance_scale": NaN}', ["body", "guidance_scale"]),
+        (b'{"prompt": "fox", "strength": Infinity}', ["body", "strength"]),
+        (b'{"prompt": "fox", "options": {"scale": -Infinity}}', ["body", "options", "scale"]),
+        (b'{"prompt": "fox", "weights": [1.0, 1e400]}', ["body", "weights", 1]),
+    ],
+)
+@pytest.mark.anyio
+async def test_non_finite_numbers_are_422_wherever_they_are(body: bytes, loc: list[Any]) -> None:
+    # Unknown fields go to OpenAI untouched: a NaN would reach it as null.
+    async with app_client() as client:
+        response = await client.post(
+            GEN,
+            content=body.replace(b"{", b'{"model": "openai/gpt-image-2", ', 1),
+            headers={"content-type": "application/json"},
+        )
+    error = assert_envelope(response, 422, "validation_error")
+    assert {"loc": loc, "msg": "Input should be a finite number", "type": "finite_number"} in [
+        {key: detail[key] for key in ("loc", "msg", "type")} for detail in error["details"]
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_quality_outside_the_contract_is_422_and_one_the_model_lacks_is_400() -> None:
+    async with app_client(models={"local/fine": {**LOCAL, "qualities": ["auto", "ultra"]}}) as c:
+        unknown = await c.post(GEN, json={"prompt": "fox", "quality": "superb"})  # no model even
+        lacking = await c.post(
+            GEN, json={"prompt": "fox", "model": "vertex/nano-banana-2", "quality": "hd"}
+        )
+        catalog_value = await c.post(
+            GEN, json={"prompt": "fox", "model": "local/sketch", "quality": "ultra"}
+        )
+        served = await c.post(
+            GEN,
+            json={"prompt": "fox", "model": "local/fine", "quality": "ultra", "size": "256x256"},
+        )
+    error = assert_envelope(unknown, 422, "validation_error")
+    assert error["details"][0]["loc"] == ["body", "quality"]
+    assert assert_envelope(lacking, 400, "invalid_request")["param"] == "quality"
+    # A value a catalog entry adds is the contract's too: the model that lacks it says 400.
+    assert assert_envelope(catalog_value, 400, "invalid_request")["param"] == "quality"
+    assert served.status_code == 200, served.text
+
+
+class BigImage:
+    """A provider answering one image of ``size`` bytes of base64 at once."""
+
+    name = "local"
+
+    def __init__(self, size: int) -> None:
+        self.b64 = "A" * size
+
+    async def generate(
+        self, job: GenerationJob, on_partial: PartialSink | None = None
+    ) -> ProviderResult:
+        image = GeneratedImage(b64_json=self.b64)
+        return ProviderResult(images=[image], created=1, output_format="png")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_stream_whose_client_never_reads_strands_at_most_one_piece_of_a_frame() -> None:
+    image = 12 * 1024 * 1024  # more than loopback's socket buffers take
+    handed: list[int] = []
+    finished = threading.Event()
+    settings = Settings(send_timeout=0.5, keepalive_interval=30, local_latency=0)
+    app = ImagesApp(settings, providers={"local": BigImage(image)})
+
+    async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                handed.append(len(message["body"]))
+            await send(message)
+
+        try:
+            await app(scope, receive, counting_send)
+        finally:
+            if scope["type"] == "http":
+                finished.set()
+
+    body = json.dumps({"model": "local/sketch", "prompt": "fox", "stream": True}).encode()
+    with serve(recording) as url, socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = url.removeprefix("http://").split(":")
+        client.connect((host, int(port)))
+        client.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )  # and never reads a byte
+        assert finished.wait(30), "the stream did not end at its send timeout"
+    # Each send hands the server at most one piece: what it buffers for a reader that stopped.
+    assert max(handed) <= FRAME_PIECE
+    assert sum(handed) < image  # most of the image was never handed over

@@ -215,14 +215,22 @@ async def test_rate_limit_rejections_are_counted_by_key_label_never_by_key() -> 
 
 
 @pytest.mark.anyio
-async def test_metrics_auth_makes_the_route_ask_for_a_gateway_key() -> None:
-    key = WATCH.secret(new_key())
-    keys = [{"hash": hash_key(key), "label": "ops"}]
+async def test_metrics_auth_makes_the_route_ask_for_a_key_with_the_admin_scope() -> None:
+    admin, tenant = WATCH.secret(new_key()), WATCH.secret(new_key())
+    keys = [
+        {"hash": hash_key(admin), "label": "ops", "scopes": ["admin"]},
+        {"hash": hash_key(tenant), "label": "team-a"},
+    ]
     async with ops_app(api_keys=keys, metrics_auth=True) as (_, client):
         refused = await client.get("/metrics")
-        allowed = await client.get("/metrics", headers={"authorization": f"Bearer {key}"})
+        tenants = await client.get("/metrics", headers={"authorization": f"Bearer {tenant}"})
+        allowed = await client.get("/metrics", headers={"authorization": f"Bearer {admin}"})
     assert refused.status_code == 401
+    assert tenants.status_code == 403  # a tenant's key must not see every tenant's series
+    assert tenants.json()["error"]["code"] == "forbidden"
+    assert "mesh_images_" not in tenants.text
     assert allowed.status_code == 200
+    assert "mesh_images_requests_total" in allowed.text
 
 
 @pytest.mark.anyio

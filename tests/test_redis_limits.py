@@ -6,21 +6,26 @@ installs it and starts one for the suite (``MESH_IMAGES_TEST_REDIS_URL``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from redis import asyncio as aioredis
 
 from mesh_images_asgi.auth import GatewayKey, hash_key, new_key
+from mesh_images_asgi.errors import ServiceUnavailable
 from mesh_images_asgi.ratelimit import RedisLimiter, Window
 from tests.helpers import app_client
 from tests.support.clock import wait_for_a_fresh_minute
@@ -121,6 +126,28 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
+@contextmanager
+def _two_gateways(config: Path, redis: str, tmp_path: Path) -> Iterator[list[str]]:
+    """Two ``mesh-images serve`` processes with ``config``, sharing ``redis``: their base URLs."""
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / f"gateway-{port}.log" for port in ports]
+    processes = [
+        _start_gateway(port, config, redis, log) for port, log in zip(ports, logs, strict=True)
+    ]
+    try:
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        for base, process in zip(bases, processes, strict=True):
+            _wait_healthy(base, process)
+        yield bases
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(15)
+        for log in logs:
+            WATCH.add_text(log.read_text(errors="replace"))
+
+
 def test_two_gateway_processes_sharing_one_redis_hold_the_limit_in_total(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -129,15 +156,7 @@ def test_two_gateway_processes_sharing_one_redis_hold_the_limit_in_total(
     config.write_text(
         f'[[keys]]\nhash = "{hash_key(key)}"\nlabel = "two-procs-{key[-8:]}"\nrpm = 5\n'
     )
-    ports = [free_port(), free_port()]
-    logs = [tmp_path / f"gateway-{port}.log" for port in ports]
-    processes = [
-        _start_gateway(port, config, redis_url, log) for port, log in zip(ports, logs, strict=True)
-    ]
-    try:
-        bases = [f"http://127.0.0.1:{port}" for port in ports]
-        for base, process in zip(bases, processes, strict=True):
-            _wait_healthy(base, process)
+    with _two_gateways(config, redis_url, tmp_path) as bases:
         wait_for_a_fresh_minute(needed=5)
         answers = [
             httpx.post(
@@ -148,13 +167,6 @@ def test_two_gateway_processes_sharing_one_redis_hold_the_limit_in_total(
             )
             for index in range(12)
         ]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(15)
-        for log in logs:
-            WATCH.add_text(log.read_text(errors="replace"))
     statuses = [answer.status_code for answer in answers]
     assert statuses == [200] * 5 + [429] * 7
     served_by = [index % 2 for index, answer in enumerate(answers) if answer.status_code == 200]
@@ -193,12 +205,12 @@ async def test_fail_open_limits_each_process_in_memory_while_redis_is_down(
         await anyio.sleep(0.1)
         after = await client.post(GEN, json=REQUEST, headers=auth)
     assert [answer.status_code for answer in before] == [200, 200]
-    # Redis away: this process alone enforces the key's limit, from a fresh count.
-    assert [answer.status_code for answer in during] == [200, 200, 200, 429, 429]
+    # Redis away: this process alone enforces the key's limit, from the count Redis last gave.
+    assert [answer.status_code for answer in during] == [200, 429, 429, 429, 429]
     assert_envelope(during[-1], 429, "rate_limit_exceeded")
-    # Redis back (a fresh server, so its counters start again): Redis counts once more.
-    assert after.status_code == 200
-    assert after.headers["x-ratelimit-remaining-requests"] == "2"
+    # Redis back (a fresh server, its counters gone): it is told what this process counted.
+    assert_envelope(after, 429, "rate_limit_exceeded")
+    assert after.headers["x-ratelimit-remaining-requests"] == "0"
     warnings = _outage_warnings(caplog)
     assert len(warnings) == 2
     assert "unavailable" in warnings[0]
@@ -270,3 +282,102 @@ def test_the_limiter_reports_its_binding_window(redis_url: str) -> None:
     assert (first.window.name, first.remaining) == ("RPD", 1)
     assert (second.allowed, third.allowed) == (True, False)
     assert third.window.name == "RPD"
+
+
+def test_a_burst_of_400_concurrent_requests_on_two_processes_keeps_the_limit_exact(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Far more requests at once than Redis connections: they wait for one (back-pressure), and
+    none is taken for a Redis outage (which let a burst through on memory counts)."""
+    key = WATCH.secret(new_key())
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "redis_max_connections = 8\nredis_pool_timeout = 30\n"  # a timeout to catch hangs only
+        f'[[keys]]\nhash = "{hash_key(key)}"\nlabel = "burst-{key[-8:]}"\nrpm = 100\n'
+    )
+
+    async def burst(bases: list[str]) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=400)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            posts = [
+                client.post(
+                    f"{bases[index % 2]}{GEN}",
+                    json={"prompt": "fox"},  # counted, then 422 (no model): nothing to render
+                    headers={"authorization": f"Bearer {key}"},
+                )
+                for index in range(400)
+            ]
+            return list(await asyncio.gather(*posts))
+
+    with _two_gateways(config, redis_url, tmp_path) as bases:
+        wait_for_a_fresh_minute(needed=30)
+        answers = asyncio.run(burst(bases))
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {422: 100, 429: 300}, statuses
+
+
+@pytest.mark.anyio
+async def test_more_concurrent_hits_than_connections_wait_for_one_and_the_limit_holds(
+    redis_url: str,
+) -> None:
+    label = "burst-" + new_key()[-12:]
+    windows = [Window("RPM", 60, 100)]
+    limiter = RedisLimiter(redis_url, fail_open=True)  # 400 hits on a pool of 50 (100 on main)
+    now = time.time()
+    try:
+        decisions = await asyncio.gather(*(limiter.hit(label, windows, now) for _ in range(400)))
+    finally:
+        await limiter.aclose()
+    assert sum(decision.allowed for decision in decisions) == 100  # not 100 + 100 from memory
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fast_retry")
+async def test_counts_carry_over_when_redis_flaps(redis_server: RedisServer) -> None:
+    label = "flap-" + new_key()[-12:]
+    windows = [Window("RPM", 60, 10)]
+    limiter = RedisLimiter(redis_server.url, fail_open=True)
+    now = time.time()  # one window throughout: the clock is given, not read
+
+    async def until_refused(most: int) -> int:
+        for admitted in range(most):
+            if not (await limiter.hit(label, windows, now)).allowed:
+                return admitted
+        return most
+
+    try:
+        admitted = [await until_refused(3)]
+        for _ in range(3):  # Redis goes away (and comes back empty: no persistence), 3 times
+            redis_server.stop()
+            admitted.append(await until_refused(20))
+            redis_server.start()
+            await anyio.sleep(0.1)  # past the retry interval: the next hit goes to Redis
+            admitted.append(await until_refused(20))
+    finally:
+        await limiter.aclose()
+    assert admitted == [3, 7, 0, 0, 0, 0, 0]  # 10 in all, however often Redis flapped
+    async with aioredis.Redis.from_url(redis_server.url) as redis:  # and Redis was told
+        assert await redis.get(f"mesh-images:rl:{{{label}}}:RPM:{int(now // 60)}") == b"10"
+
+
+@pytest.mark.anyio
+async def test_no_connection_within_the_pool_timeout_is_503_back_pressure_not_an_outage(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh_images_asgi")
+    label = "pool-" + new_key()[-12:]
+    windows = [Window("RPM", 60, 5)]
+    limiter = RedisLimiter(redis_url, fail_open=True, max_connections=1, pool_timeout=0.05)
+    pool = limiter._client.connection_pool
+    try:
+        held = await pool.get_connection()  # every connection busy
+        with pytest.raises(ServiceUnavailable) as raised:
+            await limiter.hit(label, windows, time.time())
+        await pool.release(held)
+        after = await limiter.hit(label, windows, time.time())
+    finally:
+        await limiter.aclose()
+    assert raised.value.retry_after_seconds == 1.0
+    assert after.allowed
+    assert after.remaining == 4  # the refused hit was not counted, in Redis or in memory
+    assert _outage_warnings(caplog) == []  # and Redis was not taken to be down

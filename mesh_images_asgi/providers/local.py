@@ -7,6 +7,11 @@ the whole generation, whatever ``n`` is: the provider waits first and renders la
 previous renders), so that thousands of waiting generations hold no images. Asked for partial
 images on a stream, it sends them spread over that time, drawn with less detail than the final
 image.
+
+Rendering is CPU work, so it has its own bound (the waiting does not): at most ``threads``
+generations render at once (by default one per core), in threads of their own, ``queue`` more
+wait for one, and past that a generation is refused at once with 503 ``provider_not_available``
+and ``Retry-After`` (the bulkhead of ``bulkhead.py``), instead of every request sharing the cores.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import random
 import textwrap
 import time
@@ -22,6 +28,7 @@ import anyio
 import anyio.to_thread
 from PIL import Image, ImageDraw, ImageFont
 
+from ..bulkhead import Bulkhead
 from ..catalog import parse_wxh
 from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
 
@@ -96,9 +103,22 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, latency: float = 2.0) -> None:
+    def __init__(
+        self, latency: float = 2.0, *, threads: int | None = None, queue: int = 64
+    ) -> None:
+        """``threads`` generations render at once (None: one per core), ``queue`` more wait."""
         self.latency = latency
         self._seconds_per_pixel = 0.0
+        threads = threads or os.cpu_count() or 1
+        self.renderer = Bulkhead("The local renderer", threads, queue)
+        self._threads = anyio.CapacityLimiter(threads)
+
+    async def _render(
+        self, job: GenerationJob, width: int, height: int, index: int, detail: float = 1.0
+    ) -> str:
+        return await anyio.to_thread.run_sync(
+            _render_b64, job, width, height, index, detail, limiter=self._threads
+        )
 
     async def generate(
         self, job: GenerationJob, on_partial: PartialSink | None = None
@@ -110,7 +130,8 @@ class LocalProvider:
         partials = (request.partial_images or 0) if on_partial is not None else 0
         for step in range(partials):
             share = (step + 1) / (partials + 1)
-            b64 = await anyio.to_thread.run_sync(_render_b64, job, width, height, 0, share)
+            async with self.renderer.slot():
+                b64 = await self._render(job, width, height, 0, share)
             await self._wait_until(started + self.latency * share)
             assert on_partial is not None
             await on_partial(PartialImage(b64_json=b64, index=step))
@@ -118,14 +139,13 @@ class LocalProvider:
         # start when the measured render time says they will end at the deadline.
         pixels = width * height * request.n
         await self._wait_until(started + self.latency - self._seconds_per_pixel * pixels)
-        rendering = time.monotonic()
-        images = [
-            GeneratedImage(
-                b64_json=await anyio.to_thread.run_sync(_render_b64, job, width, height, index)
-            )
-            for index in range(request.n)
-        ]
-        self._seconds_per_pixel = (time.monotonic() - rendering) / pixels
+        async with self.renderer.slot():
+            rendering = time.monotonic()
+            images = [
+                GeneratedImage(b64_json=await self._render(job, width, height, index))
+                for index in range(request.n)
+            ]
+            self._seconds_per_pixel = (time.monotonic() - rendering) / pixels
         await self._wait_until(started + self.latency)
         return ProviderResult(
             images=images,

@@ -19,7 +19,12 @@ def build_providers(
 ) -> dict[str, Provider]:
     """The providers these settings enable (``local`` always is), sharing one upstream client."""
     client = as_upstream_client(client)
-    providers: dict[str, Provider] = {"local": LocalProvider(latency=settings.local_latency)}
+    local = LocalProvider(
+        settings.local_latency,
+        threads=settings.local_render_threads,
+        queue=settings.local_render_queue,
+    )
+    providers: dict[str, Provider] = {"local": local}
     openai_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     if openai_key:
         providers["openai"] = OpenAIProvider(

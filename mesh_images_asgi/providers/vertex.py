@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import anyio
 import httpx
 
 from ..catalog import ModelEntry
@@ -118,15 +119,19 @@ class VertexProvider:
         location: str = DEFAULT_LOCATION,
         base_url: str | None = None,
         token_uri: str = DEFAULT_TOKEN_URI,
+        client_key_threads: int = 4,
     ) -> None:
         """``project`` None means API-key mode (no project or location in the URL).
-        ``token_uri`` mints tokens for the service accounts clients bring (BYOK)."""
+        ``token_uri`` mints tokens for the service accounts clients bring (BYOK), in at most
+        ``client_key_threads`` worker threads at once."""
         self._client = as_upstream_client(client)
         self._auth = auth
         self._project = project
         self._location = location
         self._base_url = base_url.rstrip("/") if base_url else None
         self._token_uri = token_uri
+        self.client_keys = anyio.CapacityLimiter(client_key_threads)
+        """The worker threads that load clients' service-account keys and mint their tokens."""
 
     def url(self, entry: ModelEntry) -> str:
         """The endpoint of ``entry``'s model and method."""
@@ -188,7 +193,9 @@ class VertexProvider:
                     "Service-account credentials need google-auth on this gateway: "
                     "pip install 'mesh-images-asgi[vertex]'."
                 ) from None
-            token = await service_account_token(credentials, self._token_uri)
+            token = await service_account_token(
+                credentials, self._token_uri, limiter=self.client_keys
+            )
             location = credentials.get("region") or self._location
             url = self._url(entry, credentials["project_id"], location)
             headers = {"authorization": f"Bearer {token}"}
@@ -198,13 +205,13 @@ class VertexProvider:
         await self._auth.aclose()
 
 
-_PROJECT = re.compile(r"^[a-z0-9][a-z0-9.:-]{0,99}$")
-_REGION = re.compile(r"^[a-z]+[a-z0-9-]{0,39}$")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")  # fullmatch: no "$" letting "\n" by
+_REGION = re.compile(r"[a-z]+[a-z0-9-]{0,39}")
 _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "project_id")
 
 
 def _plain_region(region: Any) -> bool:
-    return region is None or (isinstance(region, str) and _REGION.match(region) is not None)
+    return region is None or (isinstance(region, str) and _REGION.fullmatch(region) is not None)
 
 
 def client_credentials(raw: str) -> str | dict[str, Any]:
@@ -231,7 +238,7 @@ def client_credentials(raw: str) -> str | dict[str, Any]:
             problem = 'its "type" is not "service_account"'
         elif not all(isinstance(info.get(name), str) for name in _SERVICE_ACCOUNT_FIELDS):
             problem = "it lacks " + " or ".join(_SERVICE_ACCOUNT_FIELDS)
-        elif not _PROJECT.match(info["project_id"]):
+        elif not _PROJECT.fullmatch(info["project_id"]):
             problem = "its project_id is not a project id"
         elif not _plain_region(info.get("region")):
             problem = "its region is not a region name"
@@ -264,6 +271,7 @@ def vertex_provider(
             location=location,
             base_url=base_url,
             token_uri=settings.vertex_token_uri,
+            client_key_threads=settings.client_key_threads,
         )
     if settings.google_application_credentials is None and settings.google_cloud_project is None:
         return None
@@ -297,4 +305,5 @@ def vertex_provider(
         location=location,
         base_url=base_url,
         token_uri=settings.vertex_token_uri,
+        client_key_threads=settings.client_key_threads,
     )

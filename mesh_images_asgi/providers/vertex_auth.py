@@ -6,7 +6,13 @@ token goes stale under load, the first request refreshes it and every request th
 it takes the new token, so the token endpoint sees one call, not one per request. The token is
 refreshed ``REFRESH_MARGIN`` before it expires, and again when Vertex rejects it (401).
 
-This module needs the ``vertex`` extra (``google-auth``); the API-key mode does not.
+A service-account key a client brings (BYOK) is read before google-auth loads it: only an RSA
+key of at most ``MAX_CLIENT_KEY_BITS`` may be loaded (loading checks the key, and for a 15,360-bit
+key that took 25 s of CPU), anything else is the documented auth failure. Reading it, loading it
+and minting its token run in a worker thread, at most ``client_key_threads`` at once.
+
+This module needs the ``vertex`` extra (``google-auth``, which brings ``cryptography``); the
+API-key mode does not.
 """
 
 from __future__ import annotations
@@ -24,15 +30,28 @@ import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ..config import ConfigError
 from ..errors import GatewayError, UpstreamAuthError, UpstreamError
 from ..redact import redact
 
-__all__ = ["REFRESH_MARGIN", "SCOPES", "TokenAuth", "load_credentials", "service_account_token"]
+__all__ = [
+    "MAX_CLIENT_KEY_BITS",
+    "REFRESH_MARGIN",
+    "SCOPES",
+    "TokenAuth",
+    "client_key_problem",
+    "load_credentials",
+    "service_account_token",
+]
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN = datetime.timedelta(minutes=5)
+MAX_CLIENT_KEY_BITS = 4096
+"""Largest RSA key a client's service account may bring (Google issues 2048-bit keys)."""
 
 
 class _Response(google.auth.transport.Response):
@@ -179,26 +198,67 @@ class TokenAuth:
         self._generation += 1
 
 
+def client_key_problem(pem: str) -> str | None:
+    """Why the PEM private key of a client's service account may not be loaded, or None.
+
+    Cheap whatever the key: its structure is parsed without the checks loading does (which cost
+    seconds for a very large RSA key), to read its type and size.
+    """
+    try:
+        key = load_pem_private_key(pem.encode(), None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "its private_key is not an unencrypted PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return "its private_key is not an RSA key"
+    if key.key_size > MAX_CLIENT_KEY_BITS:
+        return f"its RSA key has {key.key_size} bits, more than {MAX_CLIENT_KEY_BITS}"
+    return None
+
+
+def _client_credentials(
+    info: Mapping[str, Any], token_uri: str
+) -> google.auth.credentials.Credentials:
+    """Load a client's service-account key (after ``client_key_problem`` found nothing)."""
+    from google.oauth2 import service_account
+
+    credentials: google.auth.credentials.Credentials = (
+        service_account.Credentials.from_service_account_info(
+            {**info, "token_uri": token_uri}, scopes=SCOPES
+        )
+    )
+    return credentials
+
+
+def _unusable_key(problem: str) -> UpstreamAuthError:
+    return UpstreamAuthError(
+        f"The service-account key this request brought cannot be used: {problem}.",
+        provider_code="invalid_client_credentials",
+    )
+
+
 async def service_account_token(
-    info: Mapping[str, Any], token_uri: str, *, http_timeout: float = 30.0
+    info: Mapping[str, Any],
+    token_uri: str,
+    *,
+    limiter: anyio.CapacityLimiter,
+    http_timeout: float = 30.0,
 ) -> str:
     """A token for a service account a client brought (BYOK), minted for this request only.
 
     ``token_uri`` replaces the key's own: a client must not choose where the gateway posts.
-    Nothing is cached; a key that cannot sign, or that Google refuses, is ``UpstreamAuthError``.
+    The key is read, loaded and used in a worker thread of ``limiter``. Nothing is cached; a key
+    that is not a small enough RSA key, cannot sign, or that Google refuses, is
+    ``UpstreamAuthError``.
     """
-    from google.oauth2 import service_account
 
     def mint() -> str:
+        problem = client_key_problem(str(info["private_key"]))
+        if problem is not None:
+            raise _unusable_key(problem)
         try:
-            credentials = service_account.Credentials.from_service_account_info(
-                {**info, "token_uri": token_uri}, scopes=SCOPES
-            )
+            credentials = _client_credentials(info, token_uri)
         except ValueError:
-            raise UpstreamAuthError(
-                "The service-account key this request brought cannot be used to sign.",
-                provider_code="invalid_client_credentials",
-            ) from None
+            raise _unusable_key("it cannot be used to sign") from None
         request = _HttpxRequest(http_timeout)
         try:
             credentials.refresh(request)
@@ -207,7 +267,7 @@ async def service_account_token(
         return str(credentials.token)
 
     try:
-        return await anyio.to_thread.run_sync(mint, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(mint, abandon_on_cancel=True, limiter=limiter)
     except google.auth.exceptions.GoogleAuthError as exc:
         raise _refresh_error(exc) from None
 

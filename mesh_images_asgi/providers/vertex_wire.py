@@ -74,7 +74,7 @@ _PROMPT_BLOCKED = re.compile(
     r"|violates? (?:our|google's) (?:policies|usage)|safety (?:filter|setting)",
     re.IGNORECASE,
 )
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?)s\s*")
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
@@ -289,7 +289,7 @@ def _has_detail(error: Mapping[str, Any], kind: str, *, reason: str) -> bool:
 
 def _retry_delay(error: Mapping[str, Any]) -> float | None:
     for detail in _details(error, _RETRY_INFO):
-        match = _DURATION.match(str(detail.get("retryDelay", "")))
+        match = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
         if match:
             return float(match[1])
     return None

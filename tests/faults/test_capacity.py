@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from typing import Any
 
 import httpx
+import pytest
 
+from mesh_images_asgi.providers import local
 from tests.emulators.openai import server_error
 from tests.faults.conftest import Gateway, Upstreams, error_of
 
@@ -73,3 +77,42 @@ def test_a_full_bulkhead_answers_503_with_retry_after_and_calls_nobody(
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["x-mesh-routing-attempts"] == "0"
     assert len(upstreams.openai.requests) == 2  # one ran, one waited its turn
+
+
+def test_the_local_renderer_renders_on_its_own_threads_with_a_bounded_queue(
+    make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    rendering: list[int] = []
+    render = local._render_b64
+
+    def slow_render(*args: Any) -> str:  # a render that holds its core until released
+        rendering.append(threading.get_ident())
+        release.wait(30)
+        return render(*args)
+
+    monkeypatch.setattr(local, "_render_b64", slow_render)
+    body = {"model": "local/sketch", "size": "256x256"}
+    with (
+        make_gateway(local_render_threads=1, local_render_queue=1) as gw,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        renderer = getattr(gw.app.service.providers["local"], "renderer", None)
+        try:
+            first = pool.submit(gw.post, body, timeout=30)
+            queued = pool.submit(gw.post, body, timeout=30)
+            deadline = time.monotonic() + 20  # until one renders and one waits (or, unbounded,
+            while len(rendering) < 2 and getattr(renderer, "waiting", 0) < 1:  # both render)
+                assert time.monotonic() < deadline, rendering
+                time.sleep(0.01)
+            assert len(rendering) == 1
+            refused = gw.post(body, timeout=10)  # one rendering, one waiting: no room
+        finally:
+            release.set()
+        answers = [first.result().status_code, queued.result().status_code]
+    assert refused.status_code == 503, refused.text
+    assert error_of(refused)["code"] == "provider_not_available"
+    assert "local is at capacity" in error_of(refused)["message"]
+    assert refused.headers["retry-after"] == "1"
+    assert answers == [200, 200]
+    assert len(rendering) == 2  # the refused request rendered nothing
