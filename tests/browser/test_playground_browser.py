@@ -53,10 +53,12 @@ class GatedLocal(LocalProvider):
         super().__init__(latency=0)
         self.gate = threading.Event()
         self.gate.set()
+        self.jobs: list[GenerationJob] = []
 
     async def generate(
         self, job: GenerationJob, on_partial: PartialSink | None = None
     ) -> ProviderResult:
+        self.jobs.append(job)
         opened = await anyio.to_thread.run_sync(self.gate.wait, WAIT_MS / 1000)
         assert opened, "the test never opened the gate"
         return await super().generate(job, on_partial)
@@ -102,6 +104,12 @@ def _app(provider: GatedLocal, **settings: object) -> ImagesApp:
     """The standalone app's page and routes, with the gated renderer as ``local``."""
     base = Settings.model_validate({"keepalive_interval": 0.05, **settings})
     return ImagesApp(base, providers={"local": provider}, playground=True)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def _pixels(data_url: str) -> Image.Image:
@@ -186,3 +194,43 @@ def test_a_refused_request_shows_the_error_envelope_with_its_request_id(
         key_in_page = page.evaluate("() => [localStorage.length, sessionStorage.length]")
         assert key_in_page == [0, 0]  # the key lives in page memory only
         assert KEY not in page.url
+
+
+def test_an_edit_with_a_painted_mask_is_sent_to_the_edits_route(browser: Browser) -> None:
+    provider = GatedLocal()
+    with serve(_app(provider)) as base:
+        page = browser.open(base)
+        expect(page.locator("#model-info")).to_contain_text("edits with a mask")
+        picture = {"name": "lake.png", "mimeType": "image/png", "buffer": _png(128, 96)}
+        page.set_input_files("#image", files=[picture])
+        mask = page.locator("#mask")
+        expect(mask).to_be_visible()
+        expect(page.locator("#go")).to_have_text("Edit")
+        expect(page.locator("#size")).to_have_value("")  # the image's own size
+        box = mask.bounding_box()
+        assert box is not None
+        # A stroke across the middle of the left half: image pixels x 16-48 around y 48.
+        page.mouse.move(box["x"] + box["width"] * 0.125, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.375, box["y"] + box["height"] * 0.5, steps=8)
+        page.mouse.up()
+        page.fill("#prompt", "the lake at night")
+        page.click("#go")
+        images = page.locator("#images img")
+        expect(images).to_have_count(1)
+        expect(images.nth(0)).to_have_js_property("naturalWidth", 128)
+        expect(images.nth(0)).to_have_js_property("naturalHeight", 96)
+        expect(page.locator("#headers")).to_contain_text("x-request-id")
+    (job,) = provider.jobs
+    assert job.kind == "edit"
+    assert job.inputs is not None
+    assert job.request.prompt == "the lake at night"
+    assert job.inputs.first.size == "128x96"
+    assert job.inputs.first.data == picture["buffer"]  # the file itself, byte for byte
+    assert job.inputs.mask is not None
+    sent = Image.open(io.BytesIO(job.inputs.mask.data)).convert("RGBA")
+    assert sent.size == (128, 96)
+    alpha = sent.getchannel("A")
+    assert alpha.getpixel((32, 48)) == 0  # painted: may change
+    assert alpha.getpixel((100, 10)) == 255  # not painted: kept
+    assert browser.errors == []
