@@ -123,11 +123,13 @@ function modelLabel(model) {
   return status && status !== "active" ? `${model.id} (${status})` : model.id;
 }
 
-function fill(select, values, preferred) {
-  const keep = select.value;
+/** Replace a select's options; keep its value if still offered (unless `reset`), else `preferred`. */
+function fill(select, values, preferred, reset = false) {
+  const keep = reset ? null : select.value;
   select.replaceChildren(...values.map((v) => new Option(v.label ?? v, v.value ?? v)));
-  const wanted = [keep, preferred].find((v) => v && values.some((x) => (x.value ?? x) === v));
-  if (wanted) select.value = wanted;
+  const offered = (v) => v != null && values.some((x) => (x.value ?? x) === v);
+  const wanted = [keep, preferred].find(offered);
+  if (wanted != null) select.value = wanted;
 }
 
 function editCapabilities(model) {
@@ -145,12 +147,14 @@ function modelChanged() {
   const sizes = editing && edits && edits.sizes ? edits.sizes : caps.sizes || ["auto"];
   const sizeOptions = sizes.map((s) => ({ value: s, label: s }));
   if (!editing || !(edits && edits.sizes)) {
-    for (const [ratio, wxh] of Object.entries(caps.aspect_ratios || {})) {
-      sizeOptions.push({ value: ratio, label: `${ratio} (${wxh})` });
-    }
+    for (const ratio of caps.aspect_ratios || []) sizeOptions.push({ value: ratio, label: ratio });
   }
   if (editing) sizeOptions.unshift({ value: "", label: "same as the image" });
-  fill($("size"), sizeOptions, editing ? "" : sizes.includes("1024x1024") ? "1024x1024" : sizes[0]);
+  const size = $("size");
+  const switched = size.dataset.editing !== String(editing); // an image was picked or dropped
+  size.dataset.editing = String(editing);
+  const preferred = editing ? "" : sizes.includes("1024x1024") ? "1024x1024" : sizes[0];
+  fill(size, sizeOptions, preferred, switched);
   fill($("quality"), caps.qualities || ["auto"], "auto");
   fill($("output-format"), caps.output_formats || ["png"], "png");
 
