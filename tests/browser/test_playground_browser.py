@@ -127,7 +127,15 @@ def test_a_streamed_generation_shows_pings_partials_headers_and_the_final_images
         page = browser.open(base)
         expect(page.locator("#model option[value='local/sketch']")).to_have_count(1)
         expect(page.locator("#model")).to_have_value("local/sketch")
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll("input, select, textarea")]
+                .filter((control) => control.labels.length === 0).map((control) => control.id)"""
+        )
+        assert unlabelled == []
         page.select_option("#size", "256x256")
+        page.fill("#n", "12")  # past the model's max_n (10): clamped, never sent
+        page.locator("#n").blur()
+        expect(page.locator("#n")).to_have_value("10")
         page.fill("#n", "2")
         page.fill("#prompt", "a lighthouse at dusk")
         page.click("#go")
@@ -191,6 +199,14 @@ def test_a_refused_request_shows_the_error_envelope_with_its_request_id(
         request_id = page.locator("#headers dt:text-is('x-request-id') + dd").inner_text()
         assert request_id.startswith("req_")
         expect(error.locator(".request-id")).to_have_text(f"Request id: {request_id}")
+        page.fill("#n", "1")
+        page.uncheck("#stream")  # a JSON answer: the cost and routing come as headers
+        page.click("#go")
+        expect(page.locator("#images img")).to_have_count(1)
+        expect(error).to_be_hidden()
+        shown = page.locator("#headers").inner_text()
+        assert "x-mesh-cost-usd\n0" in shown
+        assert "x-mesh-routing-attempts\n1" in shown
         key_in_page = page.evaluate("() => [localStorage.length, sessionStorage.length]")
         assert key_in_page == [0, 0]  # the key lives in page memory only
         assert KEY not in page.url
