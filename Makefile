@@ -31,6 +31,7 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/overhead.py --write docs/benchmarks.md
 	$(BIN)/python bench/streams.py --write docs/benchmarks.md
+	$(BIN)/python bench/store.py --write docs/benchmarks.md
 
 bench-litellm:
 	$(PYTHON) -m venv bench/.litellm

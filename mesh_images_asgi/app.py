@@ -37,6 +37,7 @@ from .errors import (
     ProviderNotAvailable,
     ServiceUnavailable,
 )
+from .hosted import request_base, serve_hosted
 from .inflight import InFlight
 from .lifecycle import deprecation_headers
 from .metrics import Metrics
@@ -47,6 +48,7 @@ from .outcome import CLIENT_CLOSED, current_outcome
 from .playground import PAGE_PATHS, PlaygroundApp
 from .providers.base import Provider
 from .providers.registry import build_providers
+from .publisher import Publisher
 from .ratelimit import Limiter, create_limiter, enforce
 from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
@@ -54,6 +56,9 @@ from .responses import images_response
 from .schemas import parse_request
 from .service import ImageService
 from .sse import stream_generation
+from .store import REQUEST_BASE, ImageStore
+from .store_embedded import HOSTED_PREFIX, EmbeddedStore
+from .store_factory import create_store
 from .tracing import Tracing
 from .transport import HttpxUpstream, UpstreamClient
 from .upstream import create_upstream_client
@@ -61,7 +66,7 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
+__all__ = ["GENERATIONS_PATH", "HOSTED_ROUTE", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
 
 logger = logging.getLogger("mesh_images_asgi")
 
@@ -72,6 +77,8 @@ MODEL_PATH = "/v1/models/{model}"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
+"""The embedded image store's images (the route's name in metrics and logs)."""
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
 _JSON = b"application/json"
@@ -117,7 +124,8 @@ def _without_body(send: Send) -> Send:
 
 def _register_secrets(settings: Settings) -> None:
     install_log_redaction()
-    for secret in (settings.openai_api_key, settings.vertex_api_key, settings.redis_url):
+    secrets = (settings.openai_api_key, settings.vertex_api_key, settings.redis_url)
+    for secret in (*secrets, settings.store_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
 
@@ -156,10 +164,14 @@ class ImagesApp:
       ``playground.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
+    * **store** - the image store for ``url`` answers; by default the one ``MESH_IMAGES_STORE``
+      names (``docs/image-store.md``). An ``EmbeddedStore`` is served on
+      ``GET /v1/images/hosted/{name}``.
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
-    ``/openapi.json``, the playground's files and ``/metrics`` (unless
-    ``MESH_IMAGES_METRICS_AUTH``: then a key with the ``admin`` scope) asks for one (see
+    ``/openapi.json``, ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
+    ``admin`` scope), the hosted images (their signed URL is the credential) and the
+    playground's files asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -182,6 +194,7 @@ class ImagesApp:
         cors: bool = False,
         playground: bool = False,
         tracer_provider: TracerProvider | None = None,
+        store: ImageStore | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
         _register_secrets(self.settings)
@@ -194,17 +207,27 @@ class ImagesApp:
         self._owned_client: UpstreamClient | None = None
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
+        self._store = store
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
             MODELS_PATH: {"GET": ImagesApp._models},
             MODEL_PATH: {"GET": ImagesApp._model},
         }
+        self._hosting = (
+            isinstance(store, EmbeddedStore)
+            if store is not None
+            else self.settings.store == "embedded"
+        )
+        if self._hosting:
+            self._routes[HOSTED_ROUTE] = {"GET": ImagesApp._hosted, "HEAD": ImagesApp._hosted}
         if health:
             self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
             self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
         if openapi:
             self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
-            self._openapi_body = openapi_bytes(auth=self._keys.enabled, health=health)
+            self._openapi_body = openapi_bytes(
+                auth=self._keys.enabled, health=health, hosted=self._hosting
+            )
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
         self._playground = PlaygroundApp() if playground else None
@@ -239,6 +262,8 @@ class ImagesApp:
             return path
         if path.startswith(MODELS_PATH + "/") and len(path) > len(MODELS_PATH) + 1:
             return MODEL_PATH
+        if self._hosting and path.startswith(HOSTED_PREFIX):
+            return HOSTED_ROUTE
         return None
 
     @property
@@ -262,7 +287,13 @@ class ImagesApp:
                 else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)
-            self._service = ImageService(self.settings, catalog, providers)
+            store = self._store if self._store is not None else create_store(self.settings)
+            publisher = (
+                Publisher(store, self.settings.url_ttl, self.settings.public_url)
+                if store is not None
+                else None
+            )
+            self._service = ImageService(self.settings, catalog, providers, publisher)
             self._service.log_enabled()
             self._loop_guard = LoopGuard.for_running_loop(self.aclose)
         return self._service
@@ -377,13 +408,19 @@ class ImagesApp:
         max_bytes = self.settings.max_body_bytes
         check_body_headers(scope, max_bytes)
         request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
+        dialect = stream_dialect(scope) if request.stream else None
+        if dialect == "openai" and "response_format" not in request.model_fields_set:
+            # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
+            request = request.model_copy(update={"response_format": "b64_json"})
         service = self.service
+        publisher = service.publisher
+        if publisher is not None and publisher.needs_request_base:
+            REQUEST_BASE.set(request_base(scope))  # read by the publisher, in this task's context
         plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
         outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
-        if request.stream:
-            dialect = stream_dialect(scope)
+        if dialect is not None:
             await stream_generation(
                 service, plan, receive, send, request_id, self.settings, dialect
             )
@@ -467,6 +504,14 @@ class ImagesApp:
         headers = [(b"x-request-id", request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
         current_outcome().bytes = len(self._openapi_body)
+
+    async def _hosted(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        publisher = self.service.publisher
+        store = publisher.store if publisher is not None else None
+        if not isinstance(store, EmbeddedStore):
+            raise NotFound(f"No route for {scope['path']!r}.")
+        path = route_path(scope)
+        current_outcome().bytes = await serve_hosted(store, path, scope, receive, send, request_id)
 
     async def _page(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         assert self._playground is not None  # the route exists only with it

@@ -135,6 +135,24 @@ class Settings(BaseSettings):
     """Browser origins the standalone server answers CORS for (``MESH_IMAGES_CORS_ORIGINS``:
     comma-separated, or ``*``); none: no CORS headers (see ``cors.py``)."""
 
+    # Hosted image URLs (docs/image-store.md).
+    store: str = Field(default="embedded", pattern=r"^(embedded|none|s3://[^/\s]+(/\S*)?)$")
+    """Where ``response_format: "url"`` images go (``MESH_IMAGES_STORE``): ``embedded`` (files
+    served by the gateway), ``s3://bucket/prefix``, or ``none`` (``data:`` URLs)."""
+    store_dir: Path | None = None
+    """The embedded store's directory (default: ``mesh-images/images`` in the user's cache)."""
+    store_key: SecretStr | None = None
+    """The embedded store's HMAC key (default: generated once, kept in the store directory)."""
+    store_max_bytes: int = Field(default=1024**3, ge=1)
+    """Disk the embedded store may use; past it, the oldest images are deleted first."""
+    url_ttl: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    """Seconds a hosted image URL stays valid (S3 presigned URLs allow 7 days at most)."""
+    store_tags: bool = True
+    """Tag S3 objects for lifecycle rules (false for S3-compatible stores without object tags)."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Public base of the embedded store's URLs (``https://images.example.com/api``); by default
+    built from the request (scheme, ``Host``, root path), as Starlette's ``url_for`` does."""
+
     openai_api_key: SecretStr | None = _alias("OPENAI_API_KEY")
     openai_base_url: str = Field(
         default="https://api.openai.com/v1",

@@ -17,6 +17,7 @@ the stable ``error.code``::
      ├── MethodNotAllowed            405 method_not_allowed   (Allow header)
      ├── RequestTimeout              408 request_timeout      (the body did not arrive in time)
      ├── ModelRetired                410 model_retired        (its provider shut it down)
+     ├── UrlExpired                  410 url_expired          (a hosted image URL past its expiry)
      ├── RequestTooLarge             413 request_too_large
      ├── UnsupportedMediaType        415 unsupported_media_type
      ├── ValidationFailed            422 validation_error     (details)
@@ -25,6 +26,7 @@ the stable ``error.code``::
      ├── NotImplementedByGateway     501 not_implemented
      ├── UpstreamError               502 upstream_error       (provider_code)
      ├── UpstreamAuthError           502 upstream_auth_error
+     ├── ImageStoreError             502 image_store_error    (the image store refused the images)
      ├── ServiceUnavailable          503 service_unavailable  (rate limiting down, fail-closed)
      ├── ProviderNotAvailable        503 provider_not_available (circuit open, provider saturated,
      │                                                          shutting down; Retry-After)
@@ -57,6 +59,7 @@ __all__ = [
     "Forbidden",
     "GatewayError",
     "GatewayTimeout",
+    "ImageStoreError",
     "InternalError",
     "InvalidJSON",
     "InvalidRequest",
@@ -75,6 +78,7 @@ __all__ = [
     "UpstreamAuthError",
     "UpstreamError",
     "UpstreamRateLimited",
+    "UrlExpired",
     "ValidationFailed",
     "openai_type",
 ]
@@ -241,6 +245,11 @@ class ModelRetired(GatewayError):
     code = "model_retired"
 
 
+class UrlExpired(GatewayError):
+    status = 410
+    code = "url_expired"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     code = "request_too_large"
@@ -289,6 +298,14 @@ class UpstreamAuthError(GatewayError):
     status = 502
     code = "upstream_auth_error"
     retriable = False
+
+
+class ImageStoreError(GatewayError):
+    """The images were generated but could not be stored: the client gets this, never a URL
+    that does not work."""
+
+    status = 502
+    code = "image_store_error"
 
 
 class ServiceUnavailable(GatewayError):

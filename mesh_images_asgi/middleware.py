@@ -22,6 +22,7 @@ from .catalog import Catalog
 from .config import Settings
 from .metrics import Metrics
 from .providers.base import Provider
+from .store import ImageStore
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -43,9 +44,9 @@ class ImagesMiddleware:
     * **serve_models** - also answer ``GET /v1/models`` and ``GET /v1/models/{id}`` (turn off
       if the host has its own).
     * **settings**, **providers**, **catalog**, **http_client**, **metrics**,
-      **tracer_provider** - as for ``ImagesApp``; the images app is ``middleware.images`` and its
-      metrics ``middleware.images.metrics`` (pass your own ``Metrics`` to mount them before the
-      middleware is built: ``docs/operations.md``).
+      **tracer_provider**, **store** - as for ``ImagesApp``; the images app is
+      ``middleware.images`` and its metrics ``middleware.images.metrics`` (pass your own
+      ``Metrics`` to mount them before the middleware is built: ``docs/operations.md``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class ImagesMiddleware:
         http_client: httpx.AsyncClient | None = None,
         metrics: Metrics | None = None,
         tracer_provider: TracerProvider | None = None,
+        store: ImageStore | None = None,
     ) -> None:
         self.app = app
         self.images = ImagesApp(
@@ -68,6 +70,7 @@ class ImagesMiddleware:
             http_client=http_client,
             metrics=metrics,
             tracer_provider=tracer_provider,
+            store=store,
         )
         self._skipped = frozenset() if serve_models else frozenset({MODELS_PATH, MODEL_PATH})
 

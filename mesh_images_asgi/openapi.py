@@ -97,18 +97,19 @@ class Health(BaseModel):
 _ERRORS = {
     "400": "invalid_request, invalid_json or content_policy_violation",
     "401": "unauthorized (missing or wrong gateway key) or byok_fallback_disabled",
-    "403": "forbidden: the key may not use that model",
+    "403": "forbidden: the key may not use that model, or a hosted image link is tampered",
     "404": "model_not_found or not_found",
     "405": "method_not_allowed",
     "408": "request_timeout: the body did not arrive in time",
-    "410": "model_retired: its provider shut the model down; the message names the replacement",
+    "410": "model_retired: its provider shut the model down, the message names the replacement; "
+    "url_expired: a hosted image's link is past its expiry",
     "413": "request_too_large",
     "415": "unsupported_media_type",
     "422": "validation_error, with details",
     "429": "rate_limit_exceeded, upstream_rate_limit_error or byok_fallback_disabled (Retry-After)",
     "500": "internal_error",
     "501": "not_implemented: the provider is not configured",
-    "502": "upstream_error or upstream_auth_error",
+    "502": "upstream_error, upstream_auth_error or image_store_error",
     "503": "service_unavailable (rate limiting down, failing closed) or provider_not_available",
     "504": "gateway_timeout",
 }
@@ -154,8 +155,26 @@ def _version() -> str:
         return "0"
 
 
-def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, Any]:
-    """The document: ``auth`` when gateway keys are configured, ``health`` with ``/healthz``."""
+_HOSTED = {
+    "operationId": "getHostedImage",
+    "summary": "An image of a url answer (signed link; no key needed until it expires)",
+    "parameters": [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+        {"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
+        {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
+    ],
+    "responses": {
+        "200": {"description": "The image (Range requests: 206)", "content": {"image/*": {}}},
+        **_errors("403", "404", "410"),
+    },
+}
+
+
+def openapi_document(
+    *, auth: bool = False, health: bool = False, hosted: bool = False
+) -> dict[str, Any]:
+    """The document: ``auth`` when gateway keys are configured, ``health`` with ``/healthz``,
+    ``hosted`` with the embedded image store's route."""
     _, definitions = models_json_schema(
         [
             (ImageRequest, "validation"),
@@ -253,6 +272,8 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
                 "get": {"operationId": name, **probe},
                 "head": {"operationId": name + "Head", **probe},
             }
+    if hosted:
+        paths["/v1/images/hosted/{name}"] = {"get": _HOSTED}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -268,6 +289,7 @@ def openapi_document(*, auth: bool = False, health: bool = False) -> dict[str, A
     return document
 
 
-def openapi_bytes(*, auth: bool = False, health: bool = False) -> bytes:
+def openapi_bytes(*, auth: bool = False, health: bool = False, hosted: bool = False) -> bytes:
     """``openapi_document`` as the JSON body served."""
-    return json.dumps(openapi_document(auth=auth, health=health), separators=(",", ":")).encode()
+    document = openapi_document(auth=auth, health=health, hosted=hosted)
+    return json.dumps(document, separators=(",", ":")).encode()

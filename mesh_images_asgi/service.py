@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, ValidationFailed
 from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
+from .publisher import Publisher
 from .routing import Plan, RetryPolicy, Routed, Router
 from .schemas import CONTRACT_QUALITIES, ImageRequest, unknown_quality
 
@@ -39,9 +40,15 @@ class ImageService:
     """Turns ``ImageRequest``s into routed ``ProviderResult``s."""
 
     def __init__(
-        self, settings: Settings, catalog: Catalog, providers: Mapping[str, Provider]
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        providers: Mapping[str, Provider],
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
+        self.publisher = publisher
+        """Hosts ``url`` answers' images (``store.py``); None: they stay ``data:`` URLs."""
         self.catalog = catalog
         self.providers = dict(providers)
         self.created = int(time.time())
@@ -139,10 +146,14 @@ class ImageService:
     ) -> Coroutine[Any, Any, Routed]:
         """Serve ``plan`` with retries and fallbacks under its deadline (``routing.py``).
 
-        The router's coroutine itself, not one more around it: each layer of ``await`` costs on
-        every request, each time the upstream call suspends and resumes.
+        The router's coroutine itself, not one more around it (each layer of ``await`` costs on
+        every request, each time the upstream call suspends and resumes), unless the images are
+        to be hosted: then the publisher stores them once the router is done.
         """
-        return self.router.run(plan, on_partial)
+        run = self.router.run(plan, on_partial)
+        if self.publisher is None or not self.publisher.wants(plan.job):
+            return run
+        return self.publisher.publish(run)
 
     def circuit_states(self) -> list[tuple[str, str]]:
         """Each model's circuit state, for the metrics (``Metrics.bind``)."""
@@ -163,6 +174,8 @@ class ImageService:
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+        if self.publisher is not None:
+            await self.publisher.store.aclose()
 
     def _job(
         self, entry: ModelEntry, request: ImageRequest, credentials: Mapping[str, str]

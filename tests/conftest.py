@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.leaks import WATCH
+
+# The suite decodes ``url`` answers as ``data:`` URLs and must not write into the user's cache
+# (module-level ``Settings()`` are built at collection, before any fixture): the image store's
+# tests (tests/store/) choose their store and directory themselves.
+os.environ["MESH_IMAGES_STORE"] = "none"
 
 
 @pytest.fixture
@@ -32,6 +38,11 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "MESH_IMAGES_REDIS_URL",
         "MESH_IMAGES_RATE_LIMIT_FAIL_OPEN",
         "MESH_IMAGES_BODY_TIMEOUT",
+        "MESH_IMAGES_STORE_DIR",
+        "MESH_IMAGES_STORE_KEY",
+        "MESH_IMAGES_PUBLIC_URL",
+        "MESH_IMAGES_URL_TTL",
+        "XDG_CACHE_HOME",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MESH_IMAGES_LOCAL_LATENCY", "0")
