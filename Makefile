@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py --write docs/benchmarks.md
 	$(BIN)/python bench/streams.py --write docs/benchmarks.md
 	$(BIN)/python bench/store.py --write docs/benchmarks.md
+	$(BIN)/python bench/edits.py --write docs/benchmarks.md
 
 bench-litellm:
 	$(PYTHON) -m venv bench/.litellm

@@ -27,16 +27,20 @@ from .cors import with_cors
 from .cost import cost_headers
 from .dialects import model_dialect, stream_dialect
 from .disconnect import call_until_disconnect
+from .edit_inputs import EditInputs
+from .edit_request import read_edit
 from .error_response import send_error
 from .errors import (
     GatewayError,
     InternalError,
+    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
     ProviderNotAvailable,
     ServiceUnavailable,
 )
+from .form import FormLimits
 from .hosted import request_base, serve_hosted
 from .inflight import InFlight
 from .lifecycle import deprecation_headers
@@ -53,7 +57,7 @@ from .ratelimit import Limiter, create_limiter, enforce
 from .redact import install_log_redaction, register_secret
 from .request_id import request_id_from_header
 from .responses import images_response
-from .schemas import parse_request
+from .schemas import ImageRequest, parse_request
 from .service import ImageService
 from .sse import stream_generation
 from .store import REQUEST_BASE, ImageStore
@@ -66,11 +70,21 @@ from .upstream import create_upstream_client
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GENERATIONS_PATH", "HOSTED_ROUTE", "MODELS_PATH", "MODEL_PATH", "ImagesApp"]
+__all__ = [
+    "EDITS_PATH",
+    "GENERATIONS_PATH",
+    "HOSTED_ROUTE",
+    "MODELS_PATH",
+    "MODEL_PATH",
+    "VARIATIONS_PATH",
+    "ImagesApp",
+]
 
 logger = logging.getLogger("mesh_images_asgi")
 
 GENERATIONS_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
+VARIATIONS_PATH = "/v1/images/variations"
 MODELS_PATH = "/v1/models"
 MODEL_PATH = "/v1/models/{model}"
 """One model; the id may hold ``/`` (``local/sketch``), so everything after the prefix is it."""
@@ -81,6 +95,8 @@ HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
 """The embedded image store's images (the route's name in metrics and logs)."""
 
 Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
+Reader = Callable[[Scope, Receive], Awaitable[tuple[ImageRequest, EditInputs | None]]]
+"""Reads one request form: a generation's JSON, or an edit's form or JSON and its images."""
 _JSON = b"application/json"
 
 
@@ -208,8 +224,15 @@ class ImagesApp:
         self._loop_guard: LoopGuard | None = None
         self._inflight = InFlight()
         self._store = store
+        self._edit_limits = FormLimits(
+            max_body_bytes=self.settings.max_edit_body_bytes,
+            max_file_bytes=self.settings.max_edit_file_bytes,
+            max_files=self.settings.max_edit_files,
+        )
         self._routes: dict[str, dict[str, Handler]] = {
             GENERATIONS_PATH: {"POST": ImagesApp._generate},
+            EDITS_PATH: {"POST": ImagesApp._edit},
+            VARIATIONS_PATH: {"POST": ImagesApp._variations},
             MODELS_PATH: {"GET": ImagesApp._models},
             MODEL_PATH: {"GET": ImagesApp._model},
         }
@@ -390,24 +413,74 @@ class ImagesApp:
         await handler(self, scope, receive, send, request_id)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await self._serve(scope, receive, send, request_id, self._read_generation)
+
+    async def _edit(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """An edit: the same path as a generation, with the images of either request form."""
+        await self._serve(scope, receive, send, request_id, self._read_edit)
+
+    async def _variations(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        """Served as an edit by the models that declare ``variations``; else a clear error."""
+        await self._serve(scope, receive, send, request_id, self._read_variation)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+    ) -> None:
         if self._inflight.draining:
             raise _shutting_down()
         with self._inflight.track(send) as tracked:
-            await self._serve_generation(scope, receive, tracked.send, request_id)
+            await self._serve_generation(scope, receive, tracked.send, request_id, read)
         if tracked.cut and not tracked.started:
             raise _shutting_down()
 
+    async def _read_generation(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
+        max_bytes = self.settings.max_body_bytes
+        check_body_headers(scope, max_bytes)
+        body = await read_body(receive, max_bytes, self.settings.body_timeout)
+        return parse_request(body), None
+
+    async def _read_edit(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
+        return await read_edit(scope, receive, self._edit_limits, self.settings.body_timeout)
+
+    async def _read_variation(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[ImageRequest, EditInputs | None]:
+        if not any(entry.variations for entry in self.service.enabled_models()):
+            raise InvalidRequest(  # before a byte of the upload is read
+                "Image variations were a DALL-E 2 feature, and DALL-E 2 is retired; no model "
+                "here declares variations. Use POST /v1/images/edits with the image and a "
+                "prompt describing the variation.",
+                param="model",
+            )
+        request, inputs = await read_edit(
+            scope,
+            receive,
+            self._edit_limits,
+            self.settings.body_timeout,
+            default_prompt="A variation of this image.",
+        )
+        entry = self.service.catalog.resolve(request.model or self.settings.default_model or "")
+        if not entry.variations:
+            raise InvalidRequest(
+                f"{entry.id} does not make variations; use POST /v1/images/edits.", param="model"
+            )
+        return request, inputs
+
     async def _serve_generation(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
     ) -> None:
         outcome = current_outcome()
         key = self._keys.authenticate(scope)  # cheap refusals before a byte of the body is read
         if key is not None:
             outcome.key = key.label
             send = _with_headers(send, await enforce(self.limiter, key))
-        max_bytes = self.settings.max_body_bytes
-        check_body_headers(scope, max_bytes)
-        request = parse_request(await read_body(receive, max_bytes, self.settings.body_timeout))
+        request, inputs = await read(scope, receive)
         dialect = stream_dialect(scope) if request.stream else None
         if dialect == "openai" and "response_format" not in request.model_fields_set:
             # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
@@ -416,7 +489,9 @@ class ImagesApp:
         publisher = service.publisher
         if publisher is not None and publisher.needs_request_base:
             REQUEST_BASE.set(request_base(scope))  # read by the publisher, in this task's context
-        plan = service.plan(request, keys=read_client_keys(scope), allow=allowed_models(key))
+        plan = service.plan(
+            request, keys=read_client_keys(scope), allow=allowed_models(key), inputs=inputs
+        )
         outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
         send = _with_headers(send, deprecation_headers(plan.job.entry))

@@ -8,11 +8,23 @@ at the first byte past the limit. The whole body must arrive within a deadline (
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
 from ._asgi import Receive, Scope, get_header
 from ._cancel import CancelScope
 from .errors import RequestTimeout, RequestTooLarge, UnsupportedMediaType
 
-__all__ = ["ClientDisconnected", "check_body_headers", "read_body"]
+__all__ = [
+    "ClientDisconnected",
+    "check_body_headers",
+    "check_body_size",
+    "chunks",
+    "read_body",
+    "within",
+]
+
+T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
@@ -32,10 +44,15 @@ def check_body_headers(scope: Scope, max_bytes: int) -> None:
     if content_type is not None and not _is_json(content_type):
         shown = content_type.decode("latin-1")[:100]
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {shown!r}.")
+    check_body_size(scope, max_bytes)
+
+
+def check_body_size(scope: Scope, max_bytes: int) -> None:
+    """Refuse a compressed body, or one declared larger than ``max_bytes``, before reading it."""
     encoding = get_header(scope, b"content-encoding")
     if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
         raise UnsupportedMediaType(
-            "Content-Encoding is not supported on this route; send an uncompressed JSON body."
+            "Content-Encoding is not supported on this route; send an uncompressed body."
         )
     declared = get_header(scope, b"content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
@@ -51,15 +68,22 @@ async def read_body(receive: Receive, max_bytes: int, time_limit: float | None =
 
     ``ClientDisconnected`` if the client left; 413 past the size, 408 past the deadline.
     """
+    return await within(time_limit, _read(receive, max_bytes))
+
+
+async def within(time_limit: float | None, reading: Awaitable[T]) -> T:
+    """Await ``reading``, a body reader, for at most ``time_limit`` s (None: no limit); 408 past
+    it."""
     if time_limit is None:
-        return await _read(receive, max_bytes)
+        return await reading
     with CancelScope(timeout=time_limit):
-        return await _read(receive, max_bytes)
+        return await reading
     raise RequestTimeout(f"The request body did not arrive within {time_limit:g} s.")
 
 
-async def _read(receive: Receive, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
+async def chunks(receive: Receive, max_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive (empty ones too), stopping at the first byte past
+    ``max_bytes`` (413); ``ClientDisconnected`` if the client left."""
     size = 0
     while True:
         message = await receive()
@@ -69,7 +93,11 @@ async def _read(receive: Receive, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise RequestTooLarge(_too_large(max_bytes))
-        if chunk:
-            chunks.append(chunk)
+        yield chunk
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return
+
+
+async def _read(receive: Receive, max_bytes: int) -> bytes:
+    parts = [chunk async for chunk in chunks(receive, max_bytes) if chunk]
+    return parts[0] if len(parts) == 1 else b"".join(parts)

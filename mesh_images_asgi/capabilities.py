@@ -8,18 +8,24 @@ schema violation. Nothing is coerced: a size the model lacks is refused, never m
 from __future__ import annotations
 
 from .catalog import ModelEntry, parse_wxh
-from .errors import InvalidRequest, ValidationFailed
+from .edit_inputs import EditInputs
+from .errors import InvalidRequest, ModelRetired, ValidationFailed
 from .schemas import OPTIONAL_PARAMS, ImageRequest
 
-__all__ = ["check_request"]
+__all__ = ["check_edit", "check_request"]
 
 
 def _listing(values: tuple[str, ...] | list[str]) -> str:
     return ", ".join(values) if values else "none"
 
 
-def check_request(entry: ModelEntry, request: ImageRequest) -> None:
-    """Raise ``InvalidRequest`` or ``ValidationFailed`` if ``entry`` cannot serve ``request``."""
+def check_request(
+    entry: ModelEntry, request: ImageRequest, inputs: EditInputs | None = None
+) -> None:
+    """Raise ``InvalidRequest`` or ``ValidationFailed`` if ``entry`` cannot serve ``request``
+    (an edit of ``inputs``, when given)."""
+    if inputs is not None:
+        check_edit(entry, request, inputs)
     extra = request.extra_fields()
     if extra and not entry.accepts_extra_fields:
         raise ValidationFailed(
@@ -102,4 +108,54 @@ def _check_combinations(entry: ModelEntry, request: ImageRequest) -> None:
         raise InvalidRequest(
             'partial_images needs "stream": true; partial images are only sent on a stream.',
             param="partial_images",
+        )
+
+
+def check_edit(entry: ModelEntry, request: ImageRequest, inputs: EditInputs) -> None:
+    """What an edit asks beyond a generation, against the model's ``edits`` capabilities."""
+    edits = entry.edits
+    if edits is None:
+        raise InvalidRequest(
+            f"{entry.id} cannot edit images; GET /v1/models shows the models that can "
+            "(capabilities.edits).",
+            param="model",
+        )
+    if edits.retired is not None:
+        raise ModelRetired(
+            f"Image editing on {entry.id} was retired upstream; use {edits.retired} instead.",
+            param="model",
+        )
+    if inputs.operation not in edits.operations:
+        raise InvalidRequest(
+            f"operation {inputs.operation!r} is not supported by {entry.id}; it accepts: "
+            f"{_listing(edits.operations)}.",
+            param="operation",
+        )
+    if len(inputs.images) > edits.max_images:
+        raise InvalidRequest(
+            f"{len(inputs.images)} images were sent; {entry.id} edits at most "
+            f"{edits.max_images} at once.",
+            param="image",
+        )
+    for image in inputs.images:
+        if image.width * image.height > edits.max_input_pixels:
+            raise InvalidRequest(
+                f"An input image is {image.size}; {entry.id} takes at most "
+                f"{edits.max_input_pixels} pixels per image.",
+                param="image",
+            )
+    if inputs.mask is not None and not edits.mask:
+        raise InvalidRequest(
+            f"{entry.id} takes no mask; describe the change in the prompt instead.",
+            param="mask",
+        )
+    if inputs.input_fidelity is not None and not edits.input_fidelity:
+        raise InvalidRequest(
+            f"input_fidelity is not supported by {entry.id}.", param="input_fidelity"
+        )
+    if edits.sizes is not None and request.size is not None and request.size not in edits.sizes:
+        raise InvalidRequest(
+            f"size {request.size!r} is not an edit size of {entry.id}; it accepts: "
+            f"{_listing(edits.sizes)}.",
+            param="size",
         )

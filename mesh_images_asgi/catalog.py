@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ModelNotFound
 
-__all__ = ["Catalog", "FreeSize", "ModelEntry", "PriceTable", "Status", "load_catalog"]
+__all__ = [
+    "Catalog",
+    "EditCapabilities",
+    "FreeSize",
+    "ModelEntry",
+    "PriceTable",
+    "Status",
+    "load_catalog",
+]
 
 Status = Literal["active", "preview", "deprecated", "retired"]
 """A model's lifecycle: ``deprecated`` has a shutdown date and still runs; ``retired`` is off."""
@@ -68,6 +76,32 @@ class FreeSize(BaseModel):
         )
 
 
+class EditCapabilities(BaseModel):
+    """What a model can do on ``POST /v1/images/edits`` (its entry's ``edits`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operations: tuple[str, ...] = ("edit",)
+    """Mesh ``operation`` values it serves (``edit`` is what OpenAI's form asks for)."""
+    max_images: int = Field(default=1, ge=1, le=16)
+    mask: bool = False
+    input_fidelity: bool = False
+    sizes: tuple[str, ...] | None = None
+    """Output sizes an edit may ask for, when they differ from the model's ``sizes`` (no size:
+    the first image's)."""
+    max_input_pixels: int = Field(default=16_777_216, ge=1)
+    retired: str | None = None
+    """Editing was retired upstream: the model to use instead (410 ``model_retired``)."""
+
+    def public(self) -> dict[str, Any]:
+        if self.retired is not None:
+            return {"retired": True, "replacement": self.retired}
+        shown = self.model_dump(exclude={"retired"}, exclude_none=True)
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in shown.items()
+        }
+
+
 class ModelEntry(BaseModel):
     """One model: its provider, upstream id and capabilities."""
 
@@ -108,6 +142,10 @@ class ModelEntry(BaseModel):
     fallbacks: tuple[str, ...] = ()
     """Models (ids or aliases) tried in order when this one fails transiently (routing.py)."""
     options: Mapping[str, Any] = Field(default_factory=dict)
+    edits: EditCapabilities | None = None
+    """What it can do on ``POST /v1/images/edits``; None: it cannot edit."""
+    variations: bool = False
+    """It serves ``POST /v1/images/variations`` (no shipped model does: DALL-E 2 is retired)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelEntry:
@@ -168,6 +206,8 @@ class ModelEntry(BaseModel):
         }
         if self.free_size is not None:
             capabilities["free_size"] = self.free_size.model_dump()
+        capabilities["edits"] = self.edits.public() if self.edits is not None else None
+        capabilities["variations"] = self.variations
         entry: dict[str, Any] = {
             "id": self.id,
             "object": "model",
@@ -236,8 +276,24 @@ class Catalog:
 
 def _shipped() -> dict[str, dict[str, Any]]:
     text = resources.files(__package__).joinpath("models.toml").read_text("utf-8")
-    models: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
+    data = tomllib.loads(text)
+    models: dict[str, dict[str, Any]] = data["models"]
+    _merge_edits(models, data.get("edits", {}))
     return models
+
+
+def _merge_edits(models: dict[str, dict[str, Any]], edits: Mapping[str, Any]) -> None:
+    """Put each ``[edits."name"]`` table (``name`` an id or an alias) into its model's entry."""
+    names = {
+        name: model_id
+        for model_id, fields in models.items()
+        for name in (model_id, *fields.get("aliases", ()))
+    }
+    for name, capabilities in edits.items():
+        model_id = names.get(name)
+        if model_id is None:
+            raise ValueError(f"[edits.{name!r}] names no model of the catalog")
+        models[model_id].setdefault("edits", capabilities)
 
 
 def load_catalog(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Catalog:

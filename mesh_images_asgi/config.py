@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     """Connections the shared upstream client may open (all providers together)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     """Largest request body accepted (413 past it)."""
+    max_edit_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest ``POST /v1/images/edits`` body, either form (413 past it)."""
+    max_edit_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    """Largest file in an edit's multipart form (OpenAI's limit; 413 past it)."""
+    max_edit_files: int = Field(default=17, ge=1)
+    """Files one edit's form may carry: 16 images and a mask (413 past it)."""
     local_latency: float = Field(default=2.0, ge=0)
     """Simulated latency of the embedded ``local`` provider, in seconds."""
     retired_models: Literal["refuse", "replace", "serve"] = "refuse"

@@ -16,7 +16,9 @@ the stable ``error.code``::
      ├── NotFound                    404 not_found
      ├── MethodNotAllowed            405 method_not_allowed   (Allow header)
      ├── RequestTimeout              408 request_timeout      (the body did not arrive in time)
-     ├── ModelRetired                410 model_retired        (its provider shut it down)
+     ├── ModelRetired                410 model_retired        (its provider shut it down, or
+     │                                                        Imagen's edit modes; names the
+     │                                                        replacement)
      ├── UrlExpired                  410 url_expired          (a hosted image URL past its expiry)
      ├── RequestTooLarge             413 request_too_large
      ├── UnsupportedMediaType        415 unsupported_media_type
@@ -239,7 +241,9 @@ class RequestTimeout(GatewayError):
 
 
 class ModelRetired(GatewayError):
-    """The model was shut down by its provider and the gateway refuses it (``lifecycle.py``)."""
+    """The model was shut down by its provider and the gateway refuses it (``lifecycle.py``),
+    or what was asked of it was retired (Imagen's edit modes); the message names the
+    replacement."""
 
     status = 410
     code = "model_retired"

@@ -7,8 +7,9 @@ One function renders a model for both routes and both shapes, so that they never
   ``{"object": "list", "data": [...]}``.
 - Mesh's (for the meshapi SDK, see ``dialects.py``): the same object with the fields of the
   SDK's ``ModelInfo`` added (``name``, ``is_free``, ``provider``, ``model_type``, modalities, the
-  ``supports_image_*`` flags) and ``pricing`` in Mesh's form (decimal strings, as the SDK types
-  them; a price table by quality and size goes in ``notes``); the list is a bare JSON array.
+  ``supports_image_*`` flags, from the model's ``edits`` capabilities) and ``pricing`` in Mesh's
+  form (decimal strings, as the SDK types them; a price table by quality and size goes in
+  ``notes``); the list is a bare JSON array.
 """
 
 from __future__ import annotations
@@ -50,16 +51,29 @@ def _mesh_pricing(entry: ModelEntry) -> dict[str, Any] | None:
     return pricing
 
 
+def _edit_flags(entry: ModelEntry) -> dict[str, bool]:
+    """The ``supports_image_*`` flags, from the model's ``edits`` capabilities."""
+    edits = entry.edits
+    flags = dict.fromkeys(_IMAGE_FLAGS, False)
+    if edits is None or edits.retired is not None:
+        return flags
+    for operation in edits.operations:
+        flags[f"supports_image_{operation}"] = True
+    flags["supports_image_reference"] = edits.max_images > 1
+    return flags
+
+
 def _mesh_fields(entry: ModelEntry) -> dict[str, Any]:
+    flags = _edit_flags(entry)
     return {
         "name": entry.id,
         "is_free": entry.price_per_image == 0,
         "provider": entry.provider,
         "model_type": "image",
-        "input_modalities": ["text"],
+        "input_modalities": ["text", "image"] if flags["supports_image_edit"] else ["text"],
         "output_modalities": ["image"],
         "pricing": _mesh_pricing(entry),
-        **dict.fromkeys(_IMAGE_FLAGS, False),
+        **flags,
     }
 
 

@@ -18,6 +18,7 @@ from .schemas import ImageRequest
 
 __all__ = [
     "OPENAPI_PATH",
+    "EditRequest",
     "ErrorEnvelope",
     "ImagesResponse",
     "ModelList",
@@ -26,6 +27,41 @@ __all__ = [
 ]
 
 OPENAPI_PATH = "/openapi.json"
+
+
+class EditRequest(ImageRequest):
+    """``POST /v1/images/edits`` as JSON (the Mesh form; OpenAI's ``images`` list is taken too):
+    every generation field, and the images as data URLs or bare base64 (remote URLs refused)."""
+
+    image: str | list[str]
+    mask: str | None = None
+    reference_images: list[str] | None = None
+    images: list[dict[str, str]] | None = None
+    operation: Literal[
+        "edit", "inpaint", "outpaint", "mix", "reframe", "upscale", "remove_background"
+    ] = "edit"
+    input_fidelity: Literal["high", "low"] | None = None
+    upscale_factor: float | str | None = None
+    expand_factor: float | str | None = None
+
+
+_EDIT_FORM: dict[str, Any] = {
+    "type": "object",
+    "description": "OpenAI's form: image (or image[], up to 16 files), mask, and the fields of "
+    "a generation as text, plus input_fidelity and operation.",
+    "required": ["image", "prompt"],
+    "properties": {
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "mask": {"type": "string", "format": "binary"},
+        "prompt": {"type": "string"},
+        "model": {"type": "string"},
+        "n": {"type": "integer"},
+        "size": {"type": "string"},
+        "input_fidelity": {"type": "string", "enum": ["high", "low"]},
+        "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+        "stream": {"type": "boolean"},
+    },
+}
 
 
 class ImageData(BaseModel):
@@ -178,6 +214,7 @@ def openapi_document(
     _, definitions = models_json_schema(
         [
             (ImageRequest, "validation"),
+            (EditRequest, "validation"),
             (ImagesResponse, "serialization"),
             (ModelList, "serialization"),
             (ErrorEnvelope, "serialization"),
@@ -206,6 +243,18 @@ def openapi_document(
             },
             **_errors("400", "401", "403", "404", "408", "410", "413", "415", "422", "429"),
             **_errors("500", "501", "502", "503", "504"),
+        },
+    }
+    edit = {
+        **generate,
+        "operationId": "createImageEdit",
+        "summary": "Edit images: multipart (OpenAI) or JSON (Mesh); the answer of a generation",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": _EDIT_FORM},
+                "application/json": {"schema": _ref("EditRequest")},
+            },
         },
     }
     models = {
@@ -244,6 +293,7 @@ def openapi_document(
     }
     paths: dict[str, Any] = {
         "/v1/images/generations": {"post": generate},
+        "/v1/images/edits": {"post": edit},
         "/v1/models": {"get": models},
         "/v1/models/{model}": {"get": model},
         OPENAPI_PATH: {

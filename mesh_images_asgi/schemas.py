@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InvalidJSON, ValidationFailed
+from .errors import GatewayError, InvalidJSON, ValidationFailed
 
 __all__ = [
     "CONTRACT_QUALITIES",
@@ -34,6 +34,7 @@ __all__ = [
     "OPTIONAL_PARAMS",
     "ImageRequest",
     "parse_request",
+    "request_from_fields",
     "unknown_quality",
 ]
 
@@ -133,21 +134,39 @@ def parse_request(body: bytes) -> ImageRequest:
     try:
         request = ImageRequest.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        if any(error["type"] == "json_invalid" for error in errors):
-            raise InvalidJSON("Request body is not valid JSON.") from None
-        details = [
-            {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
-            for error in errors
-        ]
-        raise ValidationFailed("Request validation failed.", details=details) from None
+        raise _validation_failed(exc) from None
     if _may_break_bounds(body):
-        fields = {name: getattr(request, name) for name in ImageRequest.model_fields}
-        problems = _bound_problems({**fields, **request.extra_fields()}, ["body"], 1)
-        details = list(islice(problems, 20))
-        if details:
-            raise ValidationFailed("Request validation failed.", details=details)
+        _check_bounds(request)
     return request
+
+
+def request_from_fields(fields: dict[str, Any]) -> ImageRequest:
+    """Validate fields already decoded (an edit's JSON or form fields): 422 when they fail."""
+    try:
+        request = ImageRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise _validation_failed(exc) from None
+    _check_bounds(request)
+    return request
+
+
+def _validation_failed(exc: ValidationError) -> GatewayError:
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    if any(error["type"] == "json_invalid" for error in errors):
+        return InvalidJSON("Request body is not valid JSON.")
+    details = [
+        {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in errors
+    ]
+    return ValidationFailed("Request validation failed.", details=details)
+
+
+def _check_bounds(request: ImageRequest) -> None:
+    fields = {name: getattr(request, name) for name in ImageRequest.model_fields}
+    problems = _bound_problems({**fields, **request.extra_fields()}, ["body"], 1)
+    details = list(islice(problems, 20))
+    if details:
+        raise ValidationFailed("Request validation failed.", details=details)
 
 
 # How a control character can appear in JSON text: escaped (\u00XX, \b, \f) or, for DEL, raw.

@@ -20,6 +20,7 @@ from .byok import ClientKeys
 from .capabilities import check_request
 from .catalog import Catalog, ModelEntry
 from .config import Settings
+from .edit_inputs import EditInputs
 from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, ValidationFailed
 from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
@@ -70,10 +71,14 @@ class ImageService:
         return [entry for entry in self.catalog if entry.provider in self.providers]
 
     def prepare(
-        self, request: ImageRequest, allow: Callable[[ModelEntry], bool] | None = None
+        self,
+        request: ImageRequest,
+        allow: Callable[[ModelEntry], bool] | None = None,
+        inputs: EditInputs | None = None,
     ) -> GenerationJob:
         """Resolve and check the requested model; raise the 4xx/501 that says why it cannot be
         served. Without ``model``, the first of ``models`` (or the default model) is requested.
+        With ``inputs`` the job is an edit of them.
 
         Order matters: a model ``allow`` refuses is 403 before anything else is said about it
         (its capabilities, whether its provider is configured), so a key learns nothing of the
@@ -101,13 +106,13 @@ class ImageService:
             raise forbidden_model(served)  # a retired model's replacement must be allowed too
         entry = served
         self._warnings.requested(entry)
-        check_request(entry, request)
+        check_request(entry, request, inputs)
         if entry.provider not in self.providers:
             raise NotImplementedByGateway(
                 f"Provider {entry.provider!r} of model {entry.id!r} is not configured on this "
                 "gateway; see docs/configuration.md for its credentials."
             )
-        return self._job(entry, request, {})
+        return self._job(entry, request, {}, inputs)
 
     def plan(
         self,
@@ -115,6 +120,7 @@ class ImageService:
         *,
         keys: ClientKeys | None = None,
         allow: Callable[[ModelEntry], bool] | None = None,
+        inputs: EditInputs | None = None,
     ) -> Plan:
         """The requested model's job and the fallbacks that can serve the request.
 
@@ -123,7 +129,7 @@ class ImageService:
         provider not configured, not allowed by ``allow``) is skipped, and the reason kept. The
         requested model itself, not allowed by ``allow``, is 403 ``forbidden``.
         """
-        primary = self.prepare(request, allow)
+        primary = self.prepare(request, allow, inputs)
         credentials = keys.resolve(primary.entry.provider) if keys else {}
         job = replace(primary, client_credentials=credentials) if credentials else primary
         fallbacks: list[GenerationJob] = []
@@ -133,9 +139,9 @@ class ImageService:
             if entry.id in seen:
                 continue
             seen.add(entry.id)
-            reason = self._unusable(entry, request, allow)
+            reason = self._unusable(entry, request, allow, inputs)
             if reason is None:
-                fallbacks.append(self._job(entry, request, credentials))
+                fallbacks.append(self._job(entry, request, credentials, inputs))
             else:
                 skipped.append(f"{entry.id} skipped: {reason}")
         deadline = job.entry.upstream_timeout or self.settings.upstream_timeout
@@ -178,14 +184,23 @@ class ImageService:
             await self.publisher.store.aclose()
 
     def _job(
-        self, entry: ModelEntry, request: ImageRequest, credentials: Mapping[str, str]
+        self,
+        entry: ModelEntry,
+        request: ImageRequest,
+        credentials: Mapping[str, str],
+        inputs: EditInputs | None = None,
     ) -> GenerationJob:
         return GenerationJob(
             entry=entry,
             request=request,
-            size=entry.resolve_size(request.size),
+            # An edit without a size keeps its input's: no model default is put in its place.
+            size=None
+            if inputs is not None and request.size is None
+            else entry.resolve_size(request.size),
             output_format=request.output_format or entry.output_formats[0],
             client_credentials=credentials,
+            kind="generation" if inputs is None else "edit",
+            inputs=inputs,
         )
 
     def _fallback_entries(self, request: ImageRequest, primary: ModelEntry) -> list[ModelEntry]:
@@ -205,6 +220,7 @@ class ImageService:
         entry: ModelEntry,
         request: ImageRequest,
         allow: Callable[[ModelEntry], bool] | None,
+        inputs: EditInputs | None,
     ) -> str | None:
         if allow is not None and not allow(entry):
             return "this API key may not use it"
@@ -213,7 +229,7 @@ class ImageService:
         if entry.provider not in self.providers:
             return f"provider {entry.provider!r} is not configured"
         try:
-            check_request(entry, request)
+            check_request(entry, request, inputs)
         except GatewayError as error:
             return error.message
         return None

@@ -65,7 +65,7 @@ async def test_generation_returns_data_urls_by_default_and_b64_when_asked() -> N
 @pytest.mark.anyio
 async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow() -> None:
     async with app_client() as client:
-        missing = await client.get("/v1/images/edits")
+        missing = await client.get("/v1/images/nothing")
         wrong = await client.get(GEN)
         wrong_models = await client.post("/v1/models")
     assert_envelope(missing, 404, "not_found")

@@ -1,4 +1,5 @@
-"""What every HTTP upstream shares: one JSON POST, SSE reading, and the mapping of failures.
+"""What every HTTP upstream shares: one POST (JSON or a multipart form), SSE reading, and the
+mapping of failures.
 
     transport failure before the answer's headers -> 502 upstream_error / connection_error
     transport failure while reading the answer    -> 502 upstream_error / bad_response
@@ -30,6 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import orjson
 
 from ..errors import (
@@ -45,10 +47,13 @@ from ..transport import Answer, UpstreamClient, UpstreamResponse, bad_response
 
 __all__ = [
     "Answer",
+    "Body",
     "ServerSentEvent",
     "bad_response",
     "checked_base64",
     "error_for_status",
+    "form_body",
+    "json_body",
     "open_response",
     "parse_json_object",
     "redact_object",
@@ -158,21 +163,41 @@ def upstream_error_object(content: bytes) -> dict[str, Any]:
     return redact_object(error) if isinstance(error, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A request body and its content type."""
+
+    content: bytes
+    content_type: str
+
+
+def json_body(payload: Mapping[str, Any]) -> Body:
+    return Body(orjson.dumps(payload), "application/json")
+
+
+def form_body(fields: Mapping[str, str], files: list[tuple[str, tuple[str, bytes, str]]]) -> Body:
+    """A ``multipart/form-data`` body of text ``fields`` and ``files`` (field name, (file name,
+    bytes, content type)), in that order, encoded by httpx's multipart encoder."""
+    request = httpx.Request("POST", "http://upstream.invalid/", data=dict(fields), files=files)
+    return Body(request.read(), request.headers["content-type"])
+
+
 @asynccontextmanager
 async def open_response(
     client: UpstreamClient,
     provider: str,
     url: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | Body,
     headers: Mapping[str, str],
 ) -> AsyncIterator[UpstreamResponse]:
-    """POST ``payload`` as JSON; the response as soon as its headers arrive, body unread.
+    """POST ``payload`` (JSON, or a ready ``Body``); the response as soon as its headers arrive,
+    body unread.
 
     The response is closed on exit, also when the task is cancelled: closing an unread answer
     drops the connection, which is how the upstream learns that nobody waits for it any more.
     """
-    content = orjson.dumps(payload)
-    async with client.post(provider, url, content, _json_headers(headers)) as response:
+    body = payload if isinstance(payload, Body) else json_body(payload)
+    async with client.post(provider, url, body.content, _headers(body, headers)) as response:
         yield response
 
 
@@ -180,19 +205,21 @@ def send_json(
     client: UpstreamClient,
     provider: str,
     url: str,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | Body,
     headers: Mapping[str, str],
 ) -> Coroutine[Any, Any, Answer]:
-    """POST ``payload`` as JSON and read the whole answer; transport failures become our errors.
+    """POST ``payload`` (JSON, or a ready ``Body``) and read the whole answer; transport failures
+    become our errors.
 
     The client's ``fetch`` coroutine itself, without a layer of ``await`` around it.
     """
-    return client.fetch(provider, url, orjson.dumps(payload), _json_headers(headers))
+    body = payload if isinstance(payload, Body) else json_body(payload)
+    return client.fetch(provider, url, body.content, _headers(body, headers))
 
 
-def _json_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """A JSON request's headers: ours, the provider's, and the trace context when tracing."""
-    return {"content-type": "application/json", **headers, **upstream_headers()}
+def _headers(body: Body, headers: Mapping[str, str]) -> dict[str, str]:
+    """A request's headers: its content type, the provider's, and the trace context."""
+    return {"content-type": body.content_type, **headers, **upstream_headers()}
 
 
 @dataclass(frozen=True, slots=True)

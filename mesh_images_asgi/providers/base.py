@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..catalog import ModelEntry
+from ..edit_inputs import EditInputs
 from ..schemas import ImageRequest
 
 __all__ = [
@@ -33,7 +34,12 @@ JobKind = Literal["generation", "edit"]
 
 @dataclass(frozen=True, slots=True)
 class GenerationJob:
-    """A request checked against its model, with the values the gateway resolved for it."""
+    """A request checked against its model, with the values the gateway resolved for it.
+
+    An edit is the same job with ``inputs`` (its images, mask and operation): it takes the same
+    path through routing, retries, fallbacks, keys, limits and the stream writer; ``kind`` tells
+    the providers (and a stream dialect's event names) which one it is.
+    """
 
     entry: ModelEntry
     request: ImageRequest
@@ -45,6 +51,8 @@ class GenerationJob:
     """Credentials the client brought (BYOK), by provider name; they live only as long as the
     request and never reach a log line."""
     kind: JobKind = "generation"
+    inputs: EditInputs | None = field(default=None, repr=False)
+    """The images an edit works on (``kind`` ``"edit"``); None for a generation."""
 
     @property
     def extra_fields(self) -> dict[str, Any]:

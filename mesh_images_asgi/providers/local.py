@@ -12,6 +12,8 @@ Rendering is CPU work, so it has its own bound (the waiting does not): at most `
 generations render at once (by default one per core), in threads of their own, ``queue`` more
 wait for one, and past that a generation is refused at once with 503 ``provider_not_available``
 and ``Retry-After`` (the bulkhead of ``bulkhead.py``), instead of every request sharing the cores.
+Edits (a job with ``inputs``) are real image operations on the uploads, painting with the same
+compositions (``local_edit``), under the same bound.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from PIL import Image, ImageDraw, ImageFont
 from ..bulkhead import Bulkhead
 from ..catalog import parse_wxh
 from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
+from .local_edit import edit_image, edit_size
 
-__all__ = ["LocalProvider", "render_image"]
+__all__ = ["LocalProvider", "compose", "encode", "render_image"]
 
 _SHAPES = {"low": 8, "medium": 18, "standard": 18, "auto": 18, "high": 32, "hd": 32}
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -59,6 +62,31 @@ def render_image(
 
     ``detail`` below 1 draws only that share of the shapes: the partial images of a stream.
     """
+    image = compose(
+        prompt,
+        seed=seed,
+        index=index,
+        width=width,
+        height=height,
+        quality=quality,
+        transparent=transparent,
+        detail=detail,
+    )
+    return encode(image, output_format, quality=quality, compression=compression)
+
+
+def compose(
+    prompt: str,
+    *,
+    seed: int | None,
+    index: int,
+    width: int,
+    height: int,
+    quality: str = "auto",
+    transparent: bool = False,
+    detail: float = 1.0,
+) -> Image.Image:
+    """The composition for ``prompt`` (what ``render_image`` encodes; edits paint with it)."""
     digest = hashlib.sha256(f"{prompt}\x00{seed}\x00{index}".encode()).digest()
     rng = random.Random(digest)
     if transparent:
@@ -88,6 +116,15 @@ def render_image(
     margin = unit // 20
     draw.multiline_text((margin + 2, margin + 2), text, font=font, fill=(0, 0, 0, 200))
     draw.multiline_text((margin, margin), text, font=font, fill=(255, 255, 255, 255))
+    return image
+
+
+def encode(
+    image: Image.Image, output_format: str, *, quality: str = "auto", compression: int | None
+) -> bytes:
+    """``image`` in ``output_format`` (jpeg: without its alpha channel)."""
+    if output_format == "jpeg" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
     buffer = io.BytesIO()
     options: dict[str, int] = {}
     if output_format in ("jpeg", "webp"):
@@ -167,6 +204,8 @@ class LocalProvider:
 
 
 def _dimensions(job: GenerationJob) -> tuple[int, int]:
+    if job.inputs is not None:
+        return edit_size(job)
     size = job.size if job.size not in (None, "auto") else job.entry.default_size
     return parse_wxh(size or "1024x1024") or (1024, 1024)
 
@@ -180,16 +219,36 @@ def _render_b64(
     job: GenerationJob, width: int, height: int, index: int, detail: float = 1.0
 ) -> str:
     request = job.request
-    data = render_image(
-        request.prompt,
-        seed=request.seed,
-        index=index,
-        width=width,
-        height=height,
-        output_format=job.output_format,
-        quality=_quality(job),
-        transparent=request.background == "transparent",
-        compression=request.output_compression,
-        detail=detail,
-    )
+    if job.inputs is not None:
+
+        def painting(width: int, height: int) -> Image.Image:
+            return compose(
+                request.prompt,
+                seed=request.seed,
+                index=index,
+                width=width,
+                height=height,
+                quality=_quality(job),
+                detail=detail,
+            )
+
+        data = encode(
+            edit_image(job, painting),
+            job.output_format,
+            quality=_quality(job),
+            compression=request.output_compression,
+        )
+    else:
+        data = render_image(
+            request.prompt,
+            seed=request.seed,
+            index=index,
+            width=width,
+            height=height,
+            output_format=job.output_format,
+            quality=_quality(job),
+            transparent=request.background == "transparent",
+            compression=request.output_compression,
+            detail=detail,
+        )
     return base64.b64encode(data).decode("ascii")

@@ -1,4 +1,10 @@
-"""``openai/*`` models: OpenAI's ``POST /images/generations``, JSON or natively streamed.
+"""``openai/*`` models: OpenAI's ``POST /images/generations`` and ``POST /images/edits``, JSON or
+natively streamed.
+
+An edit (a job with ``inputs``) goes to ``/images/edits`` as ``multipart/form-data``, as OpenAI
+defines it: every input image as ``image`` (``image[]`` when there are several), the mask as
+``mask``, and the same fields as a generation's as text (plus ``input_fidelity``); its stream's
+events are ``image_edit.partial_image`` and ``image_edit.completed``.
 
 The request carries every field the client set (unknown top-level fields too, untouched) with
 ``model`` replaced by the catalog entry's ``upstream`` id. ``response_format`` is sent only to
@@ -20,13 +26,16 @@ from contextlib import aclosing
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import ContentPolicyViolation, GatewayError, UpstreamError
 from ..transport import UpstreamClient, as_upstream_client
 from ._http import (
+    Body,
     bad_response,
     checked_base64,
     error_for_status,
+    form_body,
     open_response,
     parse_json_object,
     redact_object,
@@ -50,8 +59,11 @@ _OPTIONAL = (
     "user",
     "safety_identifier",
 )
-_PARTIAL = "image_generation.partial_image"
-_COMPLETED = "image_generation.completed"
+# The stream's event types by job kind: (partial image, completed image).
+_EVENTS = {
+    "generation": ("image_generation.partial_image", "image_generation.completed"),
+    "edit": ("image_edit.partial_image", "image_edit.completed"),
+}
 
 
 def _payload(job: GenerationJob, *, stream: bool) -> dict[str, Any]:
@@ -77,6 +89,30 @@ def _payload(job: GenerationJob, *, stream: bool) -> dict[str, Any]:
     return payload
 
 
+def _body(job: GenerationJob, *, stream: bool) -> dict[str, Any] | Body:
+    """A generation's JSON, or an edit's multipart form: the same fields, and the images."""
+    payload = _payload(job, stream=stream)
+    inputs = job.inputs
+    if inputs is None:
+        return payload
+    if inputs.input_fidelity is not None:
+        payload["input_fidelity"] = inputs.input_fidelity
+    fields = {name: _form_text(value) for name, value in payload.items()}
+    name = "image[]" if len(inputs.images) > 1 else "image"
+    files = [
+        (name, (f"image-{index}.{image.format}", image.data, image.mime_type))
+        for index, image in enumerate(inputs.images)
+    ]
+    if inputs.mask is not None:
+        files.append(("mask", ("mask.png", inputs.mask.data, inputs.mask.mime_type)))
+    return form_body(fields, files)
+
+
+def _form_text(value: Any) -> str:
+    """A JSON field's value as form text: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
 class OpenAIProvider:
     """The OpenAI Images API (or any upstream speaking it) over the app's upstream client."""
 
@@ -92,7 +128,10 @@ class OpenAIProvider:
         project: str | None = None,
     ) -> None:
         self._client = as_upstream_client(client)
-        self._url = base_url.rstrip("/") + "/images/generations"
+        self._urls = {
+            "generation": base_url.rstrip("/") + "/images/generations",
+            "edit": base_url.rstrip("/") + "/images/edits",
+        }
         self._headers = {"authorization": f"Bearer {api_key}"}
         if organization:
             self._headers["openai-organization"] = organization
@@ -110,19 +149,23 @@ class OpenAIProvider:
             and job.entry.native_streaming
         ):
             return await self._stream(job, on_partial)
-        payload = _payload(job, stream=False)
-        response = await send_json(self._client, NAME, self._url, payload, self._auth(job))
+        url = self._urls[job.kind]
+        response = await send_json(
+            self._client, NAME, url, _body(job, stream=False), self._auth(job)
+        )
         if not response.is_success:
             raise _failure(response.status_code, response.content, response.headers)
         return _result(parse_json_object(NAME, response.content))
 
     async def _stream(self, job: GenerationJob, on_partial: PartialSink) -> ProviderResult:
-        payload = _payload(job, stream=True)
+        payload = _body(job, stream=True)
+        partial_event, completed_event = _EVENTS[job.kind]
         images: list[GeneratedImage] = []
         usage: dict[str, Any] = {}
         last: dict[str, Any] = {}
         headers = self._auth(job)
-        async with open_response(self._client, NAME, self._url, payload, headers) as response:
+        url = self._urls[job.kind]
+        async with open_response(self._client, NAME, url, payload, headers) as response:
             if not 200 <= response.status_code < 300:
                 content = await response.aread()
                 raise _failure(response.status_code, content, response.headers)
@@ -135,12 +178,12 @@ class OpenAIProvider:
                     if isinstance(error, dict):
                         raise _error(None, redact_object(error), {})
                     kind = data.get("type", event.event)
-                    if kind == _PARTIAL:
+                    if kind == partial_event:
                         index = data.get("partial_image_index")
                         if not isinstance(index, int):
                             raise bad_response(NAME, "a partial image has no index")
                         await on_partial(PartialImage(_b64(data), index))
-                    elif kind == _COMPLETED:
+                    elif kind == completed_event:
                         images.append(GeneratedImage(b64_json=_b64(data)))
                         _add_usage(usage, data.get("usage"))
                         last = data

@@ -3,6 +3,8 @@ image models), and their answers and errors mapped to ours.
 
     ours                 Imagen :predict                   Gemini :generateContent
     prompt               instances[0].prompt               contents[0].parts[0].text
+    edit: images         (retired with Imagen: 410)        contents[0].parts[1..].inlineData
+                                                             {mimeType, data}, in their order
     n                    parameters.sampleCount            generationConfig.candidateCount
     size (WxH, W:H)      parameters.aspectRatio            generationConfig.imageConfig.aspectRatio
       its size tier      parameters.sampleImageSize        generationConfig.imageConfig.imageSize
@@ -15,19 +17,27 @@ image models), and their answers and errors mapped to ours.
     revised_prompt       predictions[].prompt              -
     usage                - (Imagen reports none)           usageMetadata (token counts)
 
-A size maps only through the exact table of the model's catalog entry (``aspect_ratios`` and the
+An edit without a size sends no aspect ratio: Gemini keeps the input image's. A size maps only
+through the exact table of the model's catalog entry (``aspect_ratios`` and the
 ``image_sizes`` tiers of its ``options``); anything else is refused, never rendered at 1:1.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..catalog import ModelEntry
-from ..errors import ContentPolicyViolation, GatewayError, InvalidRequest, UpstreamAuthError
+from ..errors import (
+    ContentPolicyViolation,
+    GatewayError,
+    InvalidRequest,
+    ModelRetired,
+    UpstreamAuthError,
+)
 from ..redact import redact
 from ._http import (
     Answer,
@@ -137,6 +147,12 @@ def _image_fields(job: GenerationJob, *, tier: str, output: str) -> dict[str, An
 def predict_body(job: GenerationJob) -> dict[str, Any]:
     """The Imagen ``:predict`` body; ``InvalidRequest`` for what Imagen would refuse."""
     request = job.request
+    if job.inputs is not None:
+        raise ModelRetired(
+            f"Image editing on {job.entry.id} (Imagen's :predict edit modes) was retired with "
+            "Imagen; use a Gemini image model.",
+            param="model",
+        )
     if request.seed is not None and request.watermark is not False:
         raise InvalidRequest(
             f'seed needs "watermark": false on {job.entry.id}: Imagen takes no seed while it '
@@ -165,10 +181,17 @@ def generate_content_body(job: GenerationJob) -> dict[str, Any]:
         config["imageConfig"] = image_config
     if request.seed is not None:
         config["seed"] = request.seed
-    return {
-        "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
-        "generationConfig": config,
-    }
+    parts: list[dict[str, Any]] = [{"text": request.prompt}]
+    if job.inputs is not None:
+        parts.extend(
+            {"inlineData": {"mimeType": image.mime_type, "data": _b64(image.data)}}
+            for image in job.inputs.images
+        )
+    return {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _list_of_objects(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

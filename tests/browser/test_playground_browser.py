@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 from PIL import Image
-from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import ConsoleMessage, FilePayload, Page, expect, sync_playwright
 
 from mesh_images_asgi import ImagesApp, Settings
 from mesh_images_asgi.auth import hash_key, new_key
@@ -210,3 +210,47 @@ def test_a_refused_request_shows_the_error_envelope_with_its_request_id(
         key_in_page = page.evaluate("() => [localStorage.length, sessionStorage.length]")
         assert key_in_page == [0, 0]  # the key lives in page memory only
         assert KEY not in page.url
+
+
+def test_an_edit_with_a_painted_mask_is_sent_to_the_edits_route(browser: Browser) -> None:
+    provider = GatedLocal()
+    with serve(_app(provider)) as base:
+        page = browser.open(base)
+        expect(page.locator("#model-info")).to_contain_text("edits with a mask")
+        picture: FilePayload = {
+            "name": "lake.png",
+            "mimeType": "image/png",
+            "buffer": _png(128, 96),
+        }
+        page.set_input_files("#image", files=[picture])
+        mask = page.locator("#mask")
+        expect(mask).to_be_visible()
+        expect(page.locator("#go")).to_have_text("Edit")
+        expect(page.locator("#size")).to_have_value("")  # the image's own size
+        box = mask.bounding_box()
+        assert box is not None
+        # A stroke across the middle of the left half: image pixels x 16-48 around y 48.
+        page.mouse.move(box["x"] + box["width"] * 0.125, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.375, box["y"] + box["height"] * 0.5, steps=8)
+        page.mouse.up()
+        page.fill("#prompt", "the lake at night")
+        page.click("#go")
+        images = page.locator("#images img")
+        expect(images).to_have_count(1)
+        expect(images.nth(0)).to_have_js_property("naturalWidth", 128)
+        expect(images.nth(0)).to_have_js_property("naturalHeight", 96)
+        expect(page.locator("#headers")).to_contain_text("x-request-id")
+    (job,) = provider.jobs
+    assert job.kind == "edit"
+    assert job.inputs is not None
+    assert job.request.prompt == "the lake at night"
+    assert job.inputs.first.size == "128x96"
+    assert job.inputs.first.data == picture["buffer"]  # the file itself, byte for byte
+    assert job.inputs.mask is not None
+    sent = Image.open(io.BytesIO(job.inputs.mask.data)).convert("RGBA")
+    assert sent.size == (128, 96)
+    alpha = sent.getchannel("A")
+    assert alpha.getpixel((32, 48)) == 0  # painted: may change
+    assert alpha.getpixel((100, 10)) == 255  # not painted: kept
+    assert browser.errors == []

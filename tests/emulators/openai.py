@@ -1,4 +1,5 @@
-"""An emulator of OpenAI's ``POST /v1/images/generations``: real HTTP, real images, real errors.
+"""An emulator of OpenAI's ``POST /v1/images/generations`` and ``POST /v1/images/edits``: real
+HTTP, real images, real errors.
 
 What it does as the real API does (openai-python 3.57 types and docstrings, the spec's error
 envelope, ``providers.md`` section A):
@@ -11,6 +12,11 @@ envelope, ``providers.md`` section A):
 - Answers: real images (Pillow) at 1/64 of the requested edges, in the requested format, with
   ``usage``; ``"stream": true`` answers the spec's ``image_generation.partial_image`` and
   ``image_generation.completed`` events.
+- Edits: a ``multipart/form-data`` body (parsed with Starlette's form parser) whose every file is
+  checked by its content: ``image`` (or ``image[]``, at most 16) PNG, JPEG or WebP under 50 MB,
+  ``mask`` a PNG with alpha of the first image's size; its text fields are converted and checked
+  as a generation's, plus ``input_fidelity``. Its stream answers ``image_edit.*`` events. Each
+  file is recorded (``RecordedRequest.files``).
 
 Where the real API is not documented (the exact wording of validation messages, the 404 for a
 retired model, gpt-image-2.6's sizes) the emulator follows OpenAI's usual style and says so.
@@ -65,6 +71,7 @@ __all__ = [
 ]
 
 PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
 _STANDARD_SIZES = frozenset({"auto", "1024x1024", "1536x1024", "1024x1536"})
 _QUALITIES = frozenset({"auto", "low", "medium", "high"})
 _X_QUALITIES = _QUALITIES | {"xhigh", "max"}
@@ -105,6 +112,9 @@ _INTEGERS = {"n": (1, 10), "output_compression": (0, 100), "partial_images": (0,
 _STRINGS = frozenset({"prompt", "model", "size", "quality", "user", "safety_identifier"})
 _LEGACY = frozenset({"response_format", "style"})
 _KNOWN = frozenset({*_ENUMS, *_INTEGERS, *_STRINGS, *_LEGACY, "stream"})
+_EDIT_ENUMS: dict[str, tuple[str, ...]] = {"input_fidelity": ("high", "low")}
+_MAX_EDIT_IMAGES = 16
+_MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -139,14 +149,31 @@ class Fault(enum.Enum):
     BAD_BASE64 = "200 with well-formed JSON whose image is cut mid-way through its base64"
 
 
+@dataclass(frozen=True)
+class RecordedFile:
+    """One file of an edit's form, as decoded."""
+
+    part: str
+    """The form field it came in (``image``, ``image[]``, ``mask``)."""
+    filename: str
+    content_type: str
+    format: str
+    size: tuple[int, int]
+    mode: str
+    data: bytes = field(repr=False)
+
+
 @dataclass
 class RecordedRequest:
-    """One request as received; ``body`` is None when it was not JSON."""
+    """One request as received; ``body`` is None when it was not JSON (nor a valid form)."""
 
     headers: dict[str, str]
     body: Any
     cancelled: bool = False
     """The client went away before the answer was complete."""
+    files: list[RecordedFile] = field(default_factory=list)
+    """An edit's files, in the order they came."""
+    path: str = PATH
 
 
 def _error_object(
@@ -290,8 +317,8 @@ def _size_problem(model: _Model, size: str) -> str | None:
     return None
 
 
-def check_body(body: Any) -> ErrorReply | None:
-    """What the real API would reject in a request body, or None."""
+def check_body(body: Any, *, edit: bool = False) -> ErrorReply | None:
+    """What the real API would reject in a request body (an edit's fields: ``edit``), or None."""
     if not isinstance(body, dict):
         return _invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -300,15 +327,21 @@ def check_body(body: Any) -> ErrorReply | None:
             None,
         )
     for name in body:
-        if name not in _KNOWN:
+        if name not in _KNOWN and not (edit and name in _EDIT_ENUMS):
             return _invalid(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    for name, allowed in _EDIT_ENUMS.items():
+        if name in body and body[name] not in allowed:
+            listing = ", ".join(f"'{item}'" for item in allowed)
+            message = f"Invalid value: '{body[name]}'. Supported values are: {listing}."
+            return _invalid(message, name, "invalid_value")
     for name in ("prompt", "model"):
         if body.get(name) is None:
             return _invalid(
                 f"Missing required parameter: '{name}'.", name, "missing_required_parameter"
             )
     for name, value in body.items():
-        problem = None if value is None else _field_problem(name, value)
+        skip = value is None or (edit and name in _EDIT_ENUMS)  # checked above
+        problem = None if skip else _field_problem(name, value)
         if problem is not None:
             return problem
     if len(body["prompt"]) > 32000:
@@ -474,7 +507,7 @@ class OpenAIEmulator:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if (scope["method"], scope["path"]) != ("POST", PATH):
+        if scope["method"] != "POST" or scope["path"] not in (PATH, EDITS_PATH):
             text = f"Invalid URL ({scope['method']} {scope['path']})"
             await _reply(send, ErrorReply(404, _error_object(text, "invalid_request_error")))
             return
@@ -487,11 +520,22 @@ class OpenAIEmulator:
         headers = {
             key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]
         }
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        record = RecordedRequest(headers, body)
+        edit = scope["path"] == EDITS_PATH
+        form_problem: ErrorReply | None = None
+        body: Any
+        files: list[RecordedFile] = []
+        if edit:
+            parsed = await _read_edit_form(scope, raw)
+            if isinstance(parsed, ErrorReply):
+                body, form_problem = None, parsed
+            else:
+                body, files = parsed
+        else:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        record = RecordedRequest(headers, body, files=files, path=scope["path"])
         self.requests.append(record)
         self._received.set()
         fault = self.fault if self.fault_for is None else self.fault_for(body)
@@ -503,13 +547,14 @@ class OpenAIEmulator:
                 return
             await self._fail(fault, scope, receive, send)
             return
-        rejection = self._auth_problem(headers) or check_body(body)
+        rejection = self._auth_problem(headers) or form_problem or check_body(body, edit=edit)
         if rejection is not None:
             await _reply(send, rejection)
             return
         generation = _Generation.of(body)
         if body.get("stream"):
-            await self._stream(generation, receive, send, record, fault)
+            kind = "image_edit" if edit else "image_generation"
+            await self._stream(generation, receive, send, record, fault, kind)
             return
         if await self._pause(self.latency, receive, record):
             return
@@ -538,6 +583,7 @@ class OpenAIEmulator:
         send: Send,
         record: RecordedRequest,
         fault: ErrorReply | StreamError | Fault | None,
+        kind: str = "image_generation",
     ) -> None:
         await send(
             {
@@ -552,13 +598,13 @@ class OpenAIEmulator:
                 if await self._pause(self.latency / steps, receive, record):
                     return
                 event = {
-                    "type": "image_generation.partial_image",
+                    "type": f"{kind}.partial_image",
                     "b64_json": generation.image(index),
                     "created_at": int(time.time()),
                     **generation.described(),
                     "partial_image_index": partial,
                 }
-                await _body(send, _sse("image_generation.partial_image", event))
+                await _body(send, _sse(f"{kind}.partial_image", event))
             if await self._pause(self.latency / steps, receive, record):
                 return
             if isinstance(fault, StreamError):
@@ -567,13 +613,13 @@ class OpenAIEmulator:
             usage = generation.usage(1)
             del usage["output_tokens_details"]  # the completed event's usage has none (spec)
             event = {
-                "type": "image_generation.completed",
+                "type": f"{kind}.completed",
                 "b64_json": generation.image(index),
                 "created_at": int(time.time()),
                 **generation.described(),
                 "usage": usage,
             }
-            await _body(send, _sse("image_generation.completed", event))
+            await _body(send, _sse(f"{kind}.completed", event))
         await _body(send, b"", more=False)
 
     async def _fail(
@@ -655,3 +701,113 @@ async def _send(send: Send, status: int, body: bytes, headers: dict[str, str]) -
 
 async def _reply(send: Send, reply: ErrorReply) -> None:
     await _send(send, reply.status, json.dumps({"error": reply.error}).encode(), reply.headers)
+
+
+# Edits: the multipart form ------------------------------------------------------------------
+
+
+def _form_value(name: str, text: str) -> Any:
+    """A form field's text as the JSON value the generation checks expect."""
+    if name in _INTEGERS:
+        return int(text) if text.lstrip("-").isdigit() else text
+    if name == "stream":
+        return {"true": True, "false": False}.get(text, text)
+    return text
+
+
+def _decoded(field_name: str, upload: Any, data: bytes) -> RecordedFile | ErrorReply:
+    param = "image" if field_name.startswith("image") else field_name
+    if len(data) > _MAX_FILE_BYTES:
+        return _invalid(f"Invalid '{param}': file larger than 50MB.", param, "file_too_large")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            decoded = RecordedFile(
+                field_name,
+                upload.filename or "",
+                upload.content_type or "",
+                str(image.format),
+                image.size,
+                image.mode,
+                data,
+            )
+    except (OSError, SyntaxError, ValueError):
+        return _invalid(
+            f"Invalid input image - format must be in ['image/jpeg', 'image/png', "
+            f"'image/webp'], got {upload.content_type or 'unknown'}.",
+            param,
+            "invalid_image_format",
+        )
+    if decoded.format not in ("PNG", "JPEG", "WEBP"):
+        return _invalid(f"Invalid '{param}': unsupported image format.", param, "invalid_value")
+    return decoded
+
+
+async def _read_edit_form(
+    scope: Scope, raw: bytes
+) -> tuple[dict[str, Any], list[RecordedFile]] | ErrorReply:
+    """The fields and files of an edit's ``multipart/form-data`` body, each file checked."""
+    from starlette.datastructures import UploadFile
+    from starlette.requests import Request
+
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    headers = dict(scope["headers"])
+    if not headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        return _invalid(
+            "Invalid Content-Type header, expected multipart/form-data.", None, "invalid_value"
+        )
+    form = await Request(scope, replay).form(max_files=64, max_fields=64)
+    body: dict[str, Any] = {}
+    files: list[RecordedFile] = []
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            decoded = _decoded(name, value, await value.read())
+            if isinstance(decoded, ErrorReply):
+                return decoded
+            files.append(decoded)
+        else:
+            body[name] = _form_value(name, value)
+    await form.close()
+    problem = _files_problem(files)
+    return problem if problem is not None else (body, files)
+
+
+def _files_problem(files: list[RecordedFile]) -> ErrorReply | None:
+    images = [item for item in files if item.part in ("image", "image[]")]
+    masks = [item for item in files if item.part == "mask"]
+    others = [item for item in files if item not in images and item not in masks]
+    if others:
+        name = others[0].part
+        return _invalid(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    if not images:
+        return _invalid(
+            "Missing required parameter: 'image'.", "image", "missing_required_parameter"
+        )
+    if len(images) > _MAX_EDIT_IMAGES:
+        return _invalid(
+            f"Invalid 'image': array too long. Expected an array with maximum length "
+            f"{_MAX_EDIT_IMAGES}, but got an array with length {len(images)} instead.",
+            "image",
+            "array_above_max_length",
+        )
+    if len(masks) > 1:
+        return _invalid("Invalid 'mask': expected one file.", "mask", "invalid_value")
+    if masks:
+        mask = masks[0]
+        if mask.format != "PNG" or mask.mode not in ("RGBA", "LA", "PA"):
+            return _invalid(
+                "Invalid 'mask': must be a PNG with an alpha channel.", "mask", "invalid_value"
+            )
+        if mask.size != images[0].size:
+            return _invalid(
+                "Invalid 'mask': mask size does not match image size.", "mask", "invalid_value"
+            )
+    return None

@@ -4,8 +4,10 @@ Requests are checked the way Vertex checks them: the credentials (a Bearer token
 emulator issued and that has not expired, or the API key), the URL (project, location, a known
 publisher model and the method it serves) and the body (shape, field names, enumerations, ranges).
 Failures come back in Google's envelope ``{"error": {"code", "message", "status", "details"}}``.
-Answers carry real, decodable tiny images (Pillow) in the requested MIME type, with the aspect
-ratio that was asked for (16:9 -> 128x72).
+Input images (edits) are ``inlineData`` parts beside the text: each must say an image MIME type
+that its base64 data really decodes as, within the model's count of input images; they are
+recorded on the ``Call``. Answers carry real, decodable tiny images (Pillow) in the requested
+MIME type, with the aspect ratio that was asked for (16:9 -> 128x72).
 
 Every request is recorded (``requests``). Tests script what comes next:
 
@@ -42,7 +44,15 @@ from starlette.types import Receive, Scope, Send
 
 from tests.emulators.oauth import OAuthEmulator
 
-__all__ = ["DOCUMENTED_ERRORS", "PROJECT", "SHUT_DOWN", "Call", "Recorded", "VertexEmulator"]
+__all__ = [
+    "DOCUMENTED_ERRORS",
+    "PROJECT",
+    "SHUT_DOWN",
+    "Call",
+    "InputPart",
+    "Recorded",
+    "VertexEmulator",
+]
 
 PROJECT = "emu-project"
 _MODEL_PATH = "/v1/projects/{project}/locations/{location}/publishers/google/models/{target}"
@@ -179,6 +189,17 @@ class Call:
     aspect_ratio: str
     mime_type: str
     body: dict[str, Any]
+    inputs: tuple[InputPart, ...] = ()
+    """The input images (``inlineData`` parts of the request), decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputPart:
+    """One input image of a ``:generateContent`` request."""
+
+    mime_type: str
+    format: str
+    size: tuple[int, int]
 
 
 Script = Callable[[Call], Response]
@@ -224,6 +245,8 @@ class VertexEmulator:
         self.latency = 0.0
         self.requests: list[Recorded] = []
         self.shut_down = set(SHUT_DOWN)
+        self.calls: list[Call] = []
+        """The requests that passed every check, as checked (input images decoded)."""
         self._script: deque[Script] = deque()
         self.app = Starlette(
             routes=[
@@ -236,6 +259,7 @@ class VertexEmulator:
         """Forget recorded requests, scripted answers and latency (``shut_down`` is a setting,
         like ``api_key``: it stays)."""
         self.requests.clear()
+        self.calls.clear()
         self._script.clear()
         self.latency = 0.0
 
@@ -303,6 +327,7 @@ class VertexEmulator:
         call_or_error = check(model, body)
         if isinstance(call_or_error, Response):
             return call_or_error
+        self.calls.append(call_or_error)
         if self._script:
             return self._script.popleft()(call_or_error)
         if method == "predict":
@@ -374,9 +399,14 @@ class VertexEmulator:
         if not (isinstance(contents, list) and contents and isinstance(contents[0], dict)):
             return _invalid("contents is required.")
         parts = contents[-1].get("parts") or []
-        texts = [part.get("text") for part in parts if isinstance(part, dict)]
+        if not all(isinstance(part, dict) for part in parts):
+            return _invalid("Invalid JSON payload received. A part is not an object.")
+        texts = [part.get("text") for part in parts if "inlineData" not in part]
         if contents[-1].get("role") != "user" or not texts or not all(texts):
             return _invalid("The last content must be a user turn with text parts.")
+        inputs = _input_parts(model, parts)
+        if isinstance(inputs, Response):
+            return inputs
         if not isinstance(config, dict) or set(config) - _GENERATION_CONFIG:
             return _invalid("Invalid JSON payload received. Unknown name in 'generation_config'.")
         if config.get("responseModalities") != ["IMAGE"]:
@@ -396,7 +426,7 @@ class VertexEmulator:
             return _invalid(problem)
         mime = (image_config.get("imageOutputOptions") or {}).get("mimeType", "image/png")
         prompt = " ".join(str(text) for text in texts)
-        return Call(model, "generateContent", prompt, count, ratio, mime, body)
+        return Call(model, "generateContent", prompt, count, ratio, mime, body, inputs)
 
     def _predictions(self, call: Call, *, filtered: int) -> Response:
         with_reasons = bool(call.body.get("parameters", {}).get("includeRaiReason"))
@@ -439,6 +469,40 @@ class VertexEmulator:
         return JSONResponse(
             {"candidates": candidates, "usageMetadata": usage, "modelVersion": call.model}
         )
+
+
+# Input images a request may carry (Gemini image-generation docs: 3 for 2.5 Flash Image, 14 for
+# the Gemini 3 image models).
+_MAX_INPUTS = {"gemini-2.5-flash-image": 3}
+_INPUT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+
+def _input_parts(model: str, parts: list[dict[str, Any]]) -> tuple[InputPart, ...] | Response:
+    """The ``inlineData`` parts, each decoded and checked against the MIME type it claims."""
+    found: list[InputPart] = []
+    for part in parts:
+        inline = part.get("inlineData")
+        if inline is None:
+            continue
+        if not isinstance(inline, dict) or set(inline) != {"mimeType", "data"}:
+            return _invalid("inlineData must have exactly mimeType and data.")
+        expected = _INPUT_TYPES.get(inline["mimeType"])
+        if expected is None:
+            return _invalid(f"Unsupported MIME type: {inline['mimeType']}.")
+        try:
+            data = base64.b64decode(inline["data"], validate=True)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                decoded = InputPart(inline["mimeType"], str(image.format), image.size)
+        except (ValueError, OSError):
+            return _invalid("Unable to process input image. Please retry or report in ...")
+        if decoded.format != expected:
+            return _invalid(f"The image data is not {inline['mimeType']}.")
+        found.append(decoded)
+    limit = _MAX_INPUTS.get(model, 14)
+    if len(found) > limit:
+        return _invalid(f"Too many input images: {len(found)}; {model} accepts up to {limit}.")
+    return tuple(found)
 
 
 def _check_image_size(model: str, size: Any) -> str | None:

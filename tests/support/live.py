@@ -116,6 +116,7 @@ class Process:
     url: str
     returncode: int | None = None
     stderr: str = ""
+    pid: int = 0
 
 
 @contextmanager
@@ -136,7 +137,7 @@ def serve_process(
         stderr=subprocess.PIPE,
         text=True,
     )
-    served = Process(f"http://127.0.0.1:{port}")
+    served = Process(f"http://127.0.0.1:{port}", pid=process.pid)
     try:
         _wait_until_accepting(port, name, lambda: process.poll() is None, timeout=20)
         yield served

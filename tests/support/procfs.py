@@ -13,7 +13,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoopProbe", "connections_to", "rss_bytes", "task_count"]
+__all__ = ["LoopProbe", "connections_to", "peak_rss_bytes", "rss_bytes", "task_count"]
 
 # /proc/net/tcp "st" column
 _STATES = {
@@ -60,10 +60,19 @@ def connections_to(ports: Collection[int], pid: int | str = "self") -> Counter[s
 
 
 def rss_bytes(pid: int | str = "self") -> int:
+    return _status_bytes(pid, "VmRSS:")
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """The most resident memory ``pid`` has held (``VmHWM``)."""
+    return _status_bytes(pid, "VmHWM:")
+
+
+def _status_bytes(pid: int | str, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {key}")
 
 
 class LoopProbe:
