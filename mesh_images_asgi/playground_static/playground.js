@@ -242,21 +242,30 @@ function clearMask() {
 function maskAll() {
   const canvas = $("mask");
   const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "rgba(220, 30, 30, 0.5)";
+  ctx.fillStyle = "rgb(220, 30, 30)";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   painted = true;
 }
 
+let stroke = null; // the last point of the stroke being painted, in image pixels
+
+/** Paint from the stroke's last point to the pointer: a round line, the brush's width. */
 function paintAt(event) {
   const canvas = $("mask");
   const box = canvas.getBoundingClientRect();
   const scale = canvas.width / box.width;
+  const point = [(event.clientX - box.left) * scale, (event.clientY - box.top) * scale];
+  const from = stroke || point;
   const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "rgba(220, 30, 30, 0.5)";
+  ctx.strokeStyle = "rgb(220, 30, 30)";
+  ctx.lineWidth = Number($("brush").value) * scale;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
   ctx.beginPath();
-  const radius = (Number($("brush").value) * scale) / 2;
-  ctx.arc((event.clientX - box.left) * scale, (event.clientY - box.top) * scale, radius, 0, 2 * Math.PI);
-  ctx.fill();
+  ctx.moveTo(...from);
+  ctx.lineTo(...point);
+  ctx.stroke();
+  stroke = point;
   painted = true;
 }
 
@@ -271,7 +280,7 @@ function maskBlob() {
   ctx.fillRect(0, 0, mask.width, mask.height);
   ctx.globalCompositeOperation = "destination-out";
   ctx.drawImage(overlay, 0, 0);
-  // Painted pixels are half transparent on the overlay: make every painted pixel fully clear.
+  // Anti-aliased stroke edges leave partly clear pixels: make every painted pixel fully clear.
   const pixels = ctx.getImageData(0, 0, mask.width, mask.height);
   for (let i = 3; i < pixels.data.length; i += 4) if (pixels.data[i] < 255) pixels.data[i] = 0;
   ctx.putImageData(pixels, 0, 0);
@@ -498,6 +507,7 @@ function wire() {
   const mask = $("mask");
   mask.addEventListener("pointerdown", (event) => {
     mask.setPointerCapture(event.pointerId);
+    stroke = null;
     paintAt(event);
   });
   mask.addEventListener("pointermove", (event) => {

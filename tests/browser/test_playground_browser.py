@@ -227,6 +227,7 @@ def test_an_edit_with_a_painted_mask_is_sent_to_the_edits_route(browser: Browser
         expect(mask).to_be_visible()
         expect(page.locator("#go")).to_have_text("Edit")
         expect(page.locator("#size")).to_have_value("")  # the image's own size
+        mask.scroll_into_view_if_needed()  # the mouse works in the viewport
         box = mask.bounding_box()
         assert box is not None
         # A stroke across the middle of the left half: image pixels x 16-48 around y 48.
