@@ -29,6 +29,7 @@ test: lint
 # `make bench-litellm` first adds LiteLLM's proxy (its own venv under bench/) to the comparison.
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/overhead.py --write docs/benchmarks.md
 	$(BIN)/python bench/streams.py --write docs/benchmarks.md
 	$(BIN)/python bench/store.py --write docs/benchmarks.md

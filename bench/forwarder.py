@@ -1,11 +1,14 @@
-"""The ceiling for a Python gateway on aiohttp: a bare pure-ASGI forwarder.
+"""The ceiling for a Python gateway on each candidate client: a bare pure-ASGI forwarder.
 
-It reads the body, POSTs it to ``BENCH_UPSTREAM_URL`` with one shared ``aiohttp.ClientSession``
-and returns the upstream's answer. No validation, no mapping: ``uvicorn bench.forwarder:app``.
+It reads the body, POSTs it to ``BENCH_UPSTREAM_URL`` with one shared client and returns the
+upstream's answer. No validation, no mapping. One app per candidate upstream client:
 
-``uvicorn bench.forwarder:app_http1`` does the same over the gateway's own upstream client
-(``mesh_images_asgi/http1.py``): the ceiling for the gateway itself, so the gap between the two
-forwarders is what the HTTP client costs, and the gap to the gateway is what the gateway does.
+    uvicorn bench.forwarder:app               aiohttp ``ClientSession`` (the ratios' reference)
+    uvicorn bench.forwarder:app_pyreqwest     pyreqwest (Rust reqwest)
+    uvicorn bench.forwarder:app_httpx_aiohttp httpx's API over aiohttp (``httpx-aiohttp``)
+    uvicorn bench.forwarder:app_httpx         plain ``httpx.AsyncClient`` (the reference)
+
+The candidates other than aiohttp come from the ``bench`` extra (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-
-from mesh_images_asgi.http1 import Http1Pool
+import httpx
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM_URL", "http://127.0.0.1:9/v1/images/generations")
 _JSON = {"content-type": "application/json"}
@@ -24,9 +26,10 @@ _JSON = {"content-type": "application/json"}
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 """POST a body upstream; the answer's status and body."""
+Close = Callable[[], Awaitable[None]]
 
 
-def forwarder(post: Post, close: Callable[[], Awaitable[None]]) -> App:
+def forwarder(post: Post, close: Close) -> App:
     """The forwarder over ``post``; ``close`` at lifespan shutdown."""
 
     async def forward(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -59,40 +62,65 @@ def forwarder(post: Post, close: Callable[[], Awaitable[None]]) -> App:
     return forward
 
 
-_session: aiohttp.ClientSession | None = None
+def _aiohttp() -> tuple[Post, Close]:
+    session: list[aiohttp.ClientSession] = []
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        if not session:
+            session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)))
+        async with session[0].post(UPSTREAM, data=body, headers=_JSON) as upstream:
+            return upstream.status, await upstream.read()
+
+    async def close() -> None:
+        if session:
+            await session[0].close()
+
+    return post, close
 
 
-async def _aiohttp_post(body: bytes) -> tuple[int, bytes]:
-    global _session
-    if _session is None:
-        _session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-    async with _session.post(UPSTREAM, data=body, headers=_JSON) as upstream:
-        return upstream.status, await upstream.read()
+def _pyreqwest() -> tuple[Post, Close]:
+    from pyreqwest.client import Client, ClientBuilder
+
+    client: list[Client] = []
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        if not client:
+            client.append(ClientBuilder().max_connections(256).build())
+        request = client[0].post(UPSTREAM).headers(_JSON).body_bytes(body).build()
+        upstream = await request.send()
+        return upstream.status, bytes(await upstream.bytes())
+
+    async def close() -> None:
+        if client:
+            await client[0].close()
+
+    return post, close
 
 
-async def _aiohttp_close() -> None:
-    if _session is not None:
-        await _session.close()
+def _httpx(client_class: Callable[..., httpx.AsyncClient]) -> tuple[Post, Close]:
+    client: list[httpx.AsyncClient] = []
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        if not client:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+            client.append(client_class(limits=limits))
+        upstream = await client[0].post(UPSTREAM, content=body, headers=_JSON)
+        return upstream.status_code, upstream.content
+
+    async def close() -> None:
+        if client:
+            await client[0].aclose()
+
+    return post, close
 
 
-_pool: Http1Pool | None = None
+def _httpx_aiohttp() -> tuple[Post, Close]:
+    from httpx_aiohttp import HttpxAiohttpClient
+
+    return _httpx(HttpxAiohttpClient)
 
 
-async def _http1_post(body: bytes) -> tuple[int, bytes]:
-    global _pool
-    if _pool is None:
-        _pool = Http1Pool(connect_timeout=5, max_connections=256)
-    upstream = await _pool.request("POST", UPSTREAM, _JSON, body)
-    try:
-        return upstream.status_code, await upstream.read()
-    finally:
-        upstream.close()
-
-
-async def _http1_close() -> None:
-    if _pool is not None:
-        await _pool.aclose()
-
-
-app = forwarder(_aiohttp_post, _aiohttp_close)
-app_http1 = forwarder(_http1_post, _http1_close)
+app = forwarder(*_aiohttp())
+app_pyreqwest = forwarder(*_pyreqwest())
+app_httpx_aiohttp = forwarder(*_httpx_aiohttp())
+app_httpx = forwarder(*_httpx(httpx.AsyncClient))

@@ -1,17 +1,26 @@
-"""Soak: the gateway under mixed upstream and client faults, at a bounded rate, for minutes.
+"""Soak: two gateway processes on one Redis, mixed JSON and streams, upstream faults, minutes.
 
-Starts, on 127.0.0.1 only, the OpenAI emulator (``tests/emulators/openai.py``) answering each
-request with a random fault (429, 500, 503, dropped and reset connections, malformed JSON,
-truncated base64, slow bodies, hangs) and ``mesh-images serve`` in front of it, each in its own
-process. Then sends ``--rate`` requests per second (at most ``--concurrency`` at once) for
-``--minutes``: JSON and streams, with and without fallbacks, with a client key the upstream
-refuses (BYOK fallback), the embedded ``local`` model, clients that give up early, garbage bodies.
+Starts, on 127.0.0.1 only: a ``redis-server``; the OpenAI emulator (``tests/emulators/openai.py``)
+in its own process; and two ``mesh-images serve`` processes in front of it that share the Redis
+(rate limits) and nothing else. Then sends ``--rate`` requests per second, alternating between
+the gateways (at most ``--concurrency`` at once), for ``--minutes``:
 
-Prints the number of requests, the outcomes by status and error code, and the gateway's RSS,
-open file descriptors and connections to the upstream at the start (after a warm-up) and at the
-end, then stops the gateway with SIGINT (a graceful shutdown) and prints its exit status.
+- 60 % JSON and 40 % streams, some with a fallback model;
+- ``--fault-share`` (10 %) of them are *faulty*: the emulator answers each of their upstream
+  calls with a random fault (429, 500, 503, dropped and reset connections, malformed JSON,
+  truncated base64, an image cut on a base64 quantum, slow bodies, hangs); the others are
+  *healthy*: the emulator answers them correctly;
+- ``--limited-share`` of them use a gateway key with ``--rpm`` requests per minute, so that
+  the limit is exercised across the two processes; the others use a key without limits.
 
-Usage: ``python bench/soak.py [--minutes 10] [--rate 20] [--concurrency 48] [--seed 1]``.
+Checks, and prints: every healthy request answered 200 (no 503: the circuit breaker must not
+turn the faulty requests into an outage for the others); the limited key got exactly ``--rpm``
+requests per full minute window across both processes, each with a distinct
+``x-ratelimit-remaining-requests``; each gateway's RSS and open fds, sampled every 30 s, stay
+flat. Ends the gateways with SIGTERM (a drain) and prints their exit status.
+
+Usage: ``python bench/soak.py [--minutes 5] [--rate 200] [--concurrency 256] [--seed 1]``
+(needs ``redis-server``).
 """
 
 from __future__ import annotations
@@ -28,32 +37,34 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.procfs import connections_to, rss_bytes  # noqa: E402
+from mesh_images_asgi.auth import hash_key  # noqa: E402
+from tests.support.procfs import rss_bytes  # noqa: E402
 
 UPSTREAM_KEY = "sk-soak-upstream-0123456789"
+OPEN_KEY = "mk-soak-open-0123456789abcdef"
+LIMITED_KEY = "mk-soak-limited-0123456789abc"
 GEN = "/v1/images/generations"
-# The gateway's knobs for the soak: short deadlines so that hangs resolve within seconds.
+HEALTHY, FAULTY = "a healthy soak", "a faulty soak"
+# Short deadlines so that hangs resolve within seconds; the breaker keeps its defaults.
 GATEWAY_ENV = {
-    "MESH_IMAGES_UPSTREAM_TIMEOUT": "4",
-    "MESH_IMAGES_ATTEMPT_TIMEOUT": "1.5",
+    "MESH_IMAGES_UPSTREAM_TIMEOUT": "6",
+    "MESH_IMAGES_ATTEMPT_TIMEOUT": "2",
     "MESH_IMAGES_RETRY_BACKOFF": "0.1",
     "MESH_IMAGES_RETRY_BACKOFF_MAX": "1",
     "MESH_IMAGES_RETRY_AFTER_MAX": "2",
-    "MESH_IMAGES_BREAKER_THRESHOLD": "8",
-    "MESH_IMAGES_BREAKER_COOLDOWN": "2",
-    "MESH_IMAGES_BULKHEAD_LIMIT": "16",
-    "MESH_IMAGES_BULKHEAD_QUEUE": "32",
-    "MESH_IMAGES_MAX_UPSTREAM_CONNECTIONS": "32",
+    "MESH_IMAGES_BULKHEAD_LIMIT": "96",
+    "MESH_IMAGES_BULKHEAD_QUEUE": "512",
+    "MESH_IMAGES_MAX_UPSTREAM_CONNECTIONS": "128",
     "MESH_IMAGES_KEEPALIVE_INTERVAL": "0.5",
-    "MESH_IMAGES_LOCAL_LATENCY": "0.05",
     "MESH_IMAGES_DRAIN_TIMEOUT": "5",
+    "MESH_IMAGES_RATE_LIMIT_FAIL_OPEN": "false",
 }
 CONFIG = '[models."openai/gpt-image-2"]\nfallbacks = ["openai/gpt-image-1.5"]\n'
 
@@ -62,7 +73,7 @@ CONFIG = '[models."openai/gpt-image-2"]\nfallbacks = ["openai/gpt-image-1.5"]\n'
 
 
 def serve_upstream(seed: int) -> None:
-    """Run the emulator with random faults until SIGTERM; print its base URL first."""
+    """Run the emulator until SIGTERM, faulting the faulty requests; print its base URL first."""
     from tests.emulators.openai import (
         Fault,
         OpenAIEmulator,
@@ -73,25 +84,25 @@ def serve_upstream(seed: int) -> None:
 
     rng = random.Random(seed)
     emulator = OpenAIEmulator(api_key=UPSTREAM_KEY)
-    emulator.latency = 0.2  # every answer; a slow body trickles over it
-    faults: list[tuple[Any, float]] = [
-        (None, 0.58),
-        (rate_limited(retry_after_ms="100"), 0.08),
-        (overloaded(), 0.08),
-        (server_error(), 0.05),
-        (Fault.DROP, 0.04),
-        (Fault.TRUNCATED, 0.03),
-        (Fault.MALFORMED, 0.03),
-        (Fault.BAD_BASE64, 0.03),
-        (Fault.SLOW_BODY, 0.05),
-        (Fault.HANG, 0.03),
+    emulator.latency = 0.1  # every answer; a slow body trickles over it
+    faults = [
+        rate_limited(retry_after_ms="100"),
+        overloaded(),
+        server_error(),
+        Fault.DROP,
+        Fault.TRUNCATED,
+        Fault.MALFORMED,
+        Fault.BAD_BASE64,
+        Fault.CUT_IMAGE,
+        Fault.SLOW_BODY,
+        Fault.HANG,
     ]
-    answers, weights = zip(*faults, strict=True)
 
     def chaos(body: Any) -> Any:
         if len(emulator.requests) > 1000:
             emulator.requests.clear()
-        return rng.choices(answers, weights)[0]
+        faulty = isinstance(body, dict) and body.get("prompt") == FAULTY
+        return rng.choice(faults) if faulty else None
 
     emulator.fault_for = chaos
     stop = False
@@ -124,60 +135,79 @@ def open_fds(pid: int) -> int:
 class Load:
     """The requests the soak sends, and their outcomes."""
 
-    def __init__(self, base_url: str, rng: random.Random) -> None:
-        self.base_url = base_url
-        self.rng = rng
+    def __init__(self, urls: list[str], args: argparse.Namespace) -> None:
+        self.urls = urls
+        self.args = args
+        self.rng = random.Random(args.seed)
         self.outcomes: Counter[str] = Counter()
-        self.routing: Counter[str] = Counter()
         self.sent = 0
+        self.admitted: dict[int, list[int]] = defaultdict(list)
+        """Per rate-limit window (its end, in whole minutes): each admitted request's remaining."""
+        self.refused: Counter[int] = Counter()
 
-    async def one(self, client: Any) -> None:
-        kind = self.rng.choices(
-            ["json", "fallbacks", "stream", "byok", "local", "gone", "garbage"],
-            [35, 15, 20, 10, 5, 10, 5],
-        )[0]
-        body: dict[str, Any] = {"model": "openai/gpt-image-2", "prompt": "soak", "size": "auto"}
-        headers: dict[str, str] = {}
-        timeout = 30.0
-        if kind == "fallbacks":
-            body["models"] = ["openai/gpt-image-1.5", "local/sketch"]
-        elif kind == "stream":
-            body["stream"] = True
-        elif kind == "byok":
-            headers["X-OpenAI-Key"] = "sk-client-key-the-upstream-refuses"
-        elif kind == "local":
-            body = {"model": "local/sketch", "prompt": "soak", "size": "64x64"}
-        elif kind == "gone":
-            timeout = 0.3  # gives up while the gateway waits or retries
+    async def one(self, clients: list[Any]) -> None:
+        rng, args = self.rng, self.args
         self.sent += 1
+        client = clients[self.sent % len(clients)]
+        stream = rng.random() < 0.4
+        limited = rng.random() < args.limited_share
+        faulty = not limited and rng.random() < args.fault_share
+        body: dict[str, Any] = {
+            "model": "openai/gpt-image-2",
+            "prompt": FAULTY if faulty else HEALTHY,
+            "size": "1024x1024",
+            "stream": stream,
+        }
+        if rng.random() < 0.3:
+            body["models"] = ["openai/gpt-image-1.5"]
+        key = LIMITED_KEY if limited else OPEN_KEY
+        kind = "limited" if limited else "faulty" if faulty else "healthy"
         try:
-            if kind == "garbage":
-                response = await client.post(GEN, content=b'{"prompt": "soak",', timeout=timeout)
-            else:
-                response = await client.post(GEN, json=body, headers=headers, timeout=timeout)
+            response = await client.post(
+                GEN, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+            )
         except Exception as exc:  # every client-side failure is an outcome
-            label = "client gave up (as planned)" if kind == "gone" else type(exc).__name__
-            self.outcomes[f"client: {label}"] += 1
+            self.outcomes[f"{kind}: client {type(exc).__name__}"] += 1
             return
-        self.outcomes[outcome(response.status_code, response.text, kind == "stream")] += 1
-        attempts = response.headers.get("x-mesh-routing-attempts")
-        if attempts is not None and kind != "stream":
-            self.routing[f"{attempts} attempt(s)"] += 1
-        if response.headers.get("x-mesh-routing-fallback") == "true":
-            self.routing["served by a fallback"] += 1
-        if response.headers.get("x-byok-fallback-triggered") == "true":
-            self.routing["BYOK fallback to the gateway's key"] += 1
+        label = outcome(response.status_code, response.text, stream)
+        self.outcomes[f"{kind}: {label}"] += 1
+        if limited:
+            self._count_limit(response)
+
+    def _count_limit(self, response: Any) -> None:
+        reset = response.headers.get("x-ratelimit-reset-requests")
+        if response.status_code == 429 and "rate_limit_exceeded" in response.text:
+            seconds = float(response.headers.get("retry-after", "0"))
+            self.refused[round((time.time() + seconds) / 60)] += 1
+        elif reset is not None:
+            seconds = _seconds(reset)
+            window = round((time.time() + seconds) / 60)
+            remaining = int(response.headers["x-ratelimit-remaining-requests"])
+            self.admitted[window].append(remaining)
+
+
+def _seconds(duration: str) -> float:
+    """The gateway's reset duration (``45s``, ``1m5s``, ``3h0m12s``) in seconds."""
+    total, number = 0, ""
+    for char in duration:
+        if char.isdigit():
+            number += char
+        else:
+            total += int(number) * {"h": 3600, "m": 60, "s": 1}[char]
+            number = ""
+    return float(total)
 
 
 def outcome(status: int, text: str, stream: bool) -> str:
-    if stream:
+    if stream and status == 200:
         events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
         last = events[-1] if events else {}
         if "error" in last:
             error = last["error"]
             suffix = f"/{error['provider_code']}" if error.get("provider_code") else ""
             return f"200 stream, error event {error['code']}{suffix}"
-        return "200 stream, completed" if last.get("status") == "completed" else "200 stream, ?"
+        done = text.endswith("data: [DONE]\n\n")
+        return "200 stream, completed" if last.get("status") == "completed" and done else "200 ?"
     if status == 200:
         return "200"
     try:
@@ -189,30 +219,36 @@ def outcome(status: int, text: str, stream: bool) -> str:
     return f"{status} {code}" + (f"/{provider_code}" if provider_code else "")
 
 
-async def drive(load: Load, seconds: float, rate: float, concurrency: int) -> None:
+async def drive(load: Load, seconds: float, rate: float, concurrency: int) -> float:
+    """Send for ``seconds``; the rate actually achieved."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=load.base_url, limits=limits) as client:
-        slots = asyncio.Semaphore(concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+    clients = [httpx.AsyncClient(base_url=url, limits=limits) for url in load.urls]
+    slots = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
 
-        async def run() -> None:
-            try:
-                await load.one(client)
-            finally:
-                slots.release()
+    async def run() -> None:
+        try:
+            await load.one(clients)
+        finally:
+            slots.release()
 
-        start = time.monotonic()
-        tick = 0
-        while time.monotonic() - start < seconds:
-            tick += 1
-            await asyncio.sleep(max(0.0, start + tick / rate - time.monotonic()))
-            await slots.acquire()  # the rate is bounded; so is the number in flight
-            task = asyncio.create_task(run())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
+    sent_before = load.sent
+    start = time.monotonic()
+    tick = 0
+    while time.monotonic() - start < seconds:
+        tick += 1
+        await asyncio.sleep(max(0.0, start + tick / rate - time.monotonic()))
+        await slots.acquire()  # the rate is bounded; so is the number in flight
+        task = asyncio.create_task(run())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    took = time.monotonic() - start
+    await asyncio.gather(*tasks)
+    for client in clients:
+        await client.aclose()
+    return (load.sent - sent_before) / took
 
 
 async def wait_until_up(base_url: str, deadline: float) -> None:
@@ -230,26 +266,57 @@ async def wait_until_up(base_url: str, deadline: float) -> None:
             await asyncio.sleep(0.1)
 
 
-def snapshot(pid: int, upstream_port: int) -> dict[str, Any]:
-    return {
-        "rss_mib": round(rss_bytes(pid) / 2**20, 1),
-        "fds": open_fds(pid),
-        "upstream_connections": dict(connections_to({upstream_port}, pid)),
-    }
+def snapshot(pids: list[int]) -> list[tuple[float, int]]:
+    return [(round(rss_bytes(pid) / 2**20, 1), open_fds(pid)) for pid in pids]
+
+
+async def sample(pids: list[int], every: float, into: list[list[tuple[float, int]]]) -> None:
+    while True:
+        await asyncio.sleep(every)
+        into.append(snapshot(pids))
+
+
+async def soak(load: Load, args: argparse.Namespace, pids: list[int]) -> dict[str, Any]:
+    await drive(load, 10, args.rate, args.concurrency)  # warm-up
+    load.outcomes.clear()
+    load.sent = 0
+    load.admitted.clear()
+    load.refused.clear()
+    await asyncio.sleep(2)
+    samples = [snapshot(pids)]
+    sampler = asyncio.create_task(sample(pids, 30, samples))
+    began = time.monotonic()
+    rate = await drive(load, args.minutes * 60, args.rate, args.concurrency)
+    took = time.monotonic() - began
+    sampler.cancel()
+    await asyncio.sleep(2)  # let cancelled upstream calls and idle connections settle
+    samples.append(snapshot(pids))
+    return {"took": took, "rate": rate, "samples": samples}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
-    parser.add_argument("--concurrency", type=int, default=48)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--fault-share", type=float, default=0.1)
+    parser.add_argument("--limited-share", type=float, default=0.05)
+    parser.add_argument("--rpm", type=int, default=300, help="the limited key's rpm")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
         serve_upstream(args.seed)
         return
-
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        sys.exit("soak: needs redis-server (apt-get install redis-server)")
+    workdir = Path(tempfile.mkdtemp(prefix="mesh-soak-"))
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        [redis_binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
     upstream = subprocess.Popen(
         [sys.executable, __file__, "--upstream", "--seed", str(args.seed)],
         stdout=subprocess.PIPE,
@@ -258,82 +325,98 @@ def main() -> None:
     )
     assert upstream.stdout is not None
     upstream_url = upstream.stdout.readline().strip()
-    upstream_port = int(upstream_url.rsplit(":", 1)[1].split("/")[0])
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="mesh-soak-"))
     (workdir / "soak.toml").write_text(CONFIG)
+    keys = [
+        {"hash": hash_key(OPEN_KEY), "label": "open"},
+        {"hash": hash_key(LIMITED_KEY), "label": "limited", "rpm": args.rpm},
+    ]
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("MESH_IMAGES_", "OPENAI_", "GOOGLE_"))
     }
-    env |= GATEWAY_ENV | {"OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": upstream_url}
+    env |= GATEWAY_ENV | {
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "OPENAI_BASE_URL": upstream_url,
+        "MESH_IMAGES_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "MESH_IMAGES_API_KEYS": json.dumps(keys),
+    }
     exe = shutil.which("mesh-images", path=str(Path(sys.executable).parent)) or "mesh-images"
-    log = (workdir / "gateway.log").open("w")
-    gateway = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(workdir / "soak.toml"),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    rng = random.Random(args.seed)
+    gateways, urls, logs = [], [], []
+    for index in range(2):
+        port = free_port()
+        logs.append((workdir / f"gateway-{index}.log").open("w"))
+        command = [exe, "serve", "--port", str(port), "--config", str(workdir / "soak.toml")]
+        gateways.append(
+            subprocess.Popen(
+                [*command, "--log-level", "warning"],
+                env=env,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+            )
+        )
+        urls.append(f"http://127.0.0.1:{port}")
+    load = Load(urls, args)
+    statuses: list[int | str] = []
     try:
-        asyncio.run(wait_until_up(base_url, time.monotonic() + 30))
-        asyncio.run(drive(Load(base_url, rng), 5, args.rate, args.concurrency))  # warm-up
-        time.sleep(2)
-        start = snapshot(gateway.pid, upstream_port)
-        load = Load(base_url, rng)
-        began = time.monotonic()
-        asyncio.run(drive(load, args.minutes * 60, args.rate, args.concurrency))
-        took = time.monotonic() - began
-        time.sleep(2)  # let cancelled upstream calls and idle connections settle
-        end = snapshot(gateway.pid, upstream_port)
+        for url in urls:
+            asyncio.run(wait_until_up(url, time.monotonic() + 30))
+        result = asyncio.run(soak(load, args, [g.pid for g in gateways]))
     finally:
-        gateway.send_signal(signal.SIGINT)
-        try:
-            exit_status: int | str = gateway.wait(30)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            exit_status = "killed after 30 s"
+        for gateway in gateways:
+            gateway.send_signal(signal.SIGTERM)
+        for gateway in gateways:
+            try:
+                statuses.append(gateway.wait(30))
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                statuses.append("killed after 30 s")
         upstream.terminate()
         upstream.wait(10)
-        log.close()
-    report(args, load, took, start, end, exit_status, workdir / "gateway.log")
+        redis.terminate()
+        redis.wait(10)
+        for log in logs:
+            log.close()
+    report(args, load, result, statuses, workdir)
 
 
 def report(
     args: argparse.Namespace,
     load: Load,
-    took: float,
-    start: dict[str, Any],
-    end: dict[str, Any],
-    exit_status: int | str,
-    log: Path,
+    result: dict[str, Any],
+    statuses: list[int | str],
+    workdir: Path,
 ) -> None:
-    print(f"soak: {took / 60:.1f} min at {args.rate:g} req/s (at most {args.concurrency} at once)")
-    print(f"requests: {load.sent} ({load.sent / took:.1f}/s)")
-    print("outcomes:")
-    for label, count in sorted(load.outcomes.items(), key=lambda item: -item[1]):
+    took = result["took"]
+    print(
+        f"soak: {took / 60:.1f} min, asked {args.rate:g} req/s, sent {result['rate']:.1f} req/s "
+        f"(at most {args.concurrency} at once), 2 gateways, one Redis; {load.sent} requests"
+    )
+    print("outcomes (healthy / faulty / limited requests):")
+    for label, count in sorted(load.outcomes.items()):
         print(f"  {count:7d}  {label}")
-    print("routing (JSON answers):")
-    for label, count in sorted(load.routing.items()):
-        print(f"  {count:7d}  {label}")
-    for name, value in (("start", start), ("end", end)):
+    healthy_503 = sum(n for label, n in load.outcomes.items() if label.startswith("healthy: 503"))
+    fine = ("healthy: 200", "healthy: 200 stream, completed")
+    healthy_bad = sum(
+        n
+        for label, n in load.outcomes.items()
+        if label.startswith("healthy:") and label not in fine
+    )
+    print(f"healthy requests answered 503: {healthy_503}; not 200 at all: {healthy_bad}")
+    windows = sorted(set(load.admitted) | set(load.refused))
+    print(
+        f"limited key (rpm {args.rpm}), by minute window: admitted / refused / distinct remaining"
+    )
+    for window in windows:
+        admitted = load.admitted[window]
         print(
-            f"gateway at {name}: RSS {value['rss_mib']} MiB, {value['fds']} open fds, "
-            f"connections to the upstream {value['upstream_connections'] or 'none'}"
+            f"  {time.strftime('%H:%M', time.gmtime(window * 60))}  {len(admitted):5d} / "
+            f"{load.refused[window]:5d} / {len(set(admitted)) == len(admitted)}"
         )
-    print(f"gateway exit status after SIGINT: {exit_status}; its log: {log}")
+    print("gateways' RSS MiB and open fds, every 30 s:")
+    for row in result["samples"]:
+        print("  " + "   ".join(f"{rss:6.1f} MiB {fds:4d} fds" for rss, fds in row))
+    print(f"gateways' exit status after SIGTERM: {statuses}; logs in {workdir}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """An instant OpenAI-shaped images upstream for benchmarks: raw asyncio, canned answers.
 
 ``POST /v1/images/generations`` answers at once with an ``ImagesResponse`` holding ``--images``
-base64 images of ``--image-bytes`` bytes each (real PNG bytes padded, so clients may decode the
-start), plus usage. It checks nothing and keeps connections alive: its job is to never be the
-bottleneck. Loopback only.
+base64 images of ``--image-bytes`` bytes each (a PNG's signature, padding and its IEND chunk,
+so clients may decode the start and the gateway sees a whole image), plus usage. It checks
+nothing and keeps connections alive: its job is to never be the bottleneck. Loopback only.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import base64
 import json
 import time
 
+IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # a PNG's last chunk: the gateway checks an image ends
+
 
 def answer_body(images: int, image_bytes: int) -> bytes:
-    raw = (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * (image_bytes // 256 + 1))[:image_bytes]
+    padding = bytes(range(256)) * (image_bytes // 256 + 1)
+    raw = (b"\x89PNG\r\n\x1a\n" + padding)[: max(8, image_bytes - len(IEND))] + IEND
     b64 = base64.b64encode(raw).decode()
     return json.dumps(
         {

@@ -166,7 +166,7 @@ class ImagesApp:
     * **providers** - replace the providers the settings would enable (tests, custom upstreams).
     * **catalog** - replace the model catalog.
     * **http_client** - the ``httpx.AsyncClient`` for upstream calls; yours to close. By default
-      an ``http1.py`` connection pool is created and closed with the app (``transport.py``).
+      an aiohttp session is created and closed with the app (``aiohttp_transport.py``).
     * **health** - also serve ``GET``/``HEAD`` ``/healthz`` (liveness) and ``/readyz``
       (readiness: 503 while draining; the standalone server does).
     * **openapi** - also serve ``GET /openapi.json`` (the standalone server does).
@@ -306,7 +306,7 @@ class ImagesApp:
             if providers is None:
                 client: UpstreamClient
                 if self._http_client is not None:
-                    client = HttpxUpstream(self._http_client)
+                    client = HttpxUpstream(self._http_client, self.settings.max_upstream_bytes)
                 else:
                     client = self._owned_client = create_upstream_client(self.settings)
                 providers = build_providers(self.settings, client)

@@ -73,12 +73,14 @@ class _Slot:
     def __init__(self, bulkhead: Bulkhead) -> None:
         self._bulkhead = bulkhead
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> bool:
+        """True when the slot had to be waited for (the client may have left meanwhile)."""
         bulkhead = self._bulkhead
         if bulkhead.active < bulkhead.limit and not bulkhead._waiters:
             bulkhead.active += 1  # a free slot: no coroutine to make and wait on
-        else:
-            await bulkhead._wait()
+            return False
+        await bulkhead._wait()
+        return True
 
     async def __aexit__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import ipaddress
@@ -189,21 +190,27 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+    from .drain_server import DrainingServer
+
     try:
         app = create_app(settings, playground=not args.no_playground)
     except ConfigError as exc:  # e.g. CORS asked for without Starlette installed
         print(f"mesh-images: {exc}", file=sys.stderr)
         return 2
     _tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
         access_log=False,  # ours is one JSON line per request (docs/operations.md)
         lifespan="on",
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
     )
-    return 0
+    server = DrainingServer(config, app)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C, re-raised once shut down (uvicorn.run)
+        server.run()
+    return 0 if server.started else 3  # uvicorn's STARTUP_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

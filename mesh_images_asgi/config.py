@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from .auth import GatewayKeys
+from .content_coding import DEFAULT_MAX_UPSTREAM_BYTES
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     """Seconds to connect to an upstream."""
     max_upstream_connections: int = Field(default=256, ge=1)
     """Connections the shared upstream client may open (all providers together)."""
+    max_upstream_bytes: int = Field(default=DEFAULT_MAX_UPSTREAM_BYTES, ge=1)
+    """Largest upstream answer accepted, counted after decoding while it is read (502 past it)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     """Largest request body accepted (413 past it)."""
     max_edit_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
@@ -91,10 +94,16 @@ class Settings(BaseSettings):
     attempt_timeout: float | None = Field(default=None, gt=0)
     """Seconds one attempt may take (None: the rest of the deadline); a timed-out attempt is
     retried while the deadline allows."""
-    breaker_threshold: int = Field(default=5, ge=1)
-    """Consecutive failures of a model that open its circuit."""
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    """Share of a model's requests in the window that failed (unwell) that opens its circuit."""
+    breaker_minimum_calls: int = Field(default=20, ge=1)
+    """Requests the window must hold before the failure rate can open the circuit."""
+    breaker_window: float = Field(default=60.0, ge=1)
+    """Seconds of requests the failure rate is computed over."""
     breaker_cooldown: float = Field(default=30.0, gt=0)
     """Seconds an open circuit refuses calls before one probe is let through."""
+    breaker_probe_timeout: float = Field(default=60.0, gt=0)
+    """Seconds the half-open circuit's probe may take before it counts as a failure."""
     bulkhead_limit: int = Field(default=128, ge=1)
     """Concurrent upstream calls per provider (the embedded ``local`` renderer has its own bound:
     ``local_render_threads``)."""

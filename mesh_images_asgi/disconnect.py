@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from ._asgi import Receive
 from ._cancel import CancelScope
 
-__all__ = ["LISTEN_AFTER", "DisconnectWatch", "call_until_disconnect"]
+__all__ = ["LISTEN_AFTER", "DisconnectWatch", "call_until_disconnect", "check_client", "watching"]
 
 T = TypeVar("T")
 
@@ -23,6 +25,35 @@ logger = logging.getLogger("mesh_images_asgi")
 
 LISTEN_AFTER = 0.05
 """Seconds into the work before the disconnect listener starts (see ``call_until_disconnect``)."""
+
+_check: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "mesh_images_client_check", default=None
+)
+
+
+async def check_client() -> None:
+    """Let the request's disconnect listener see a disconnect that already happened: it then
+    cancels this task (at the ``await``). Call it before work the client may no longer want, such
+    as an upstream call after a wait in a bulkhead's queue: the slot and the disconnect can come
+    in the same turn of the loop, and the call would go out first. No-op outside a request."""
+    check = _check.get()
+    if check is not None:
+        await check()
+
+
+def _one_turn() -> Awaitable[None]:
+    """A running listener needs one turn of the loop to read a disconnect and cancel."""
+    return asyncio.sleep(0)
+
+
+@contextmanager
+def watching(check: Callable[[], Awaitable[None]] = _one_turn) -> Iterator[None]:
+    """``check_client`` in the block (and in tasks made in it) runs ``check``."""
+    token = _check.set(check)
+    try:
+        yield
+    finally:
+        _check.reset(token)
 
 
 class DisconnectWatch:
@@ -60,8 +91,16 @@ async def call_until_disconnect(receive: Receive, work: Callable[[], Awaitable[T
             listener = loop.create_task(watch.run(scope.cancel))
 
         timer = loop.call_later(LISTEN_AFTER, listen)
+
+        async def check() -> None:
+            if listener is None:  # the client may be gone already: listen now
+                timer.cancel()
+                listen()
+            await _one_turn()
+
         try:
-            result = await work()
+            with watching(check):
+                result = await work()
         finally:
             timer.cancel()
             if listener is not None:

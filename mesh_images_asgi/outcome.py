@@ -81,6 +81,7 @@ CLIENT_CLOSED = 499
 _PROVIDER_CODES = frozenset(
     {
         "bad_response",
+        "certificate_error",
         "connection_error",
         "internal_provider_error",
         "model_not_found",

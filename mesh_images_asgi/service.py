@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 from .auth import forbidden_model
-from .breaker import Breakers
 from .bulkhead import Bulkhead
 from .byok import ClientKeys
 from .capabilities import check_request
@@ -25,7 +24,7 @@ from .errors import GatewayError, ModelNotFound, NotImplementedByGateway, Valida
 from .lifecycle import Warnings, current_model
 from .providers.base import GenerationJob, PartialSink, Provider
 from .publisher import Publisher
-from .routing import Plan, RetryPolicy, Routed, Router
+from .routing import Plan, RetryPolicy, Routed, Router, breakers_from_settings
 from .schemas import CONTRACT_QUALITIES, ImageRequest, unknown_quality
 
 __all__ = ["UNBOUNDED_PROVIDERS", "ImageService"]
@@ -59,7 +58,7 @@ class ImageService:
         self.router = Router(
             self.providers,
             RetryPolicy.from_settings(settings),
-            Breakers(settings.breaker_threshold, settings.breaker_cooldown),
+            breakers_from_settings(settings),
             {
                 name: Bulkhead(name, settings.bulkhead_limit, settings.bulkhead_queue)
                 for name in self.providers

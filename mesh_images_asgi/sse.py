@@ -41,7 +41,7 @@ from ._asgi import Message, Receive, Send
 from ._cancel import CancelScope
 from .config import Settings
 from .dialects import Dialect
-from .disconnect import DisconnectWatch
+from .disconnect import DisconnectWatch, watching
 from .errors import GatewayError, InternalError, ProviderNotAvailable
 from .outcome import CLIENT_CLOSED, current_outcome
 from .providers.base import PartialImage
@@ -155,12 +155,18 @@ async def stream_generation(
     stream = _Stream(service, plan, request_id, events, receive, send, settings)
     stream.outcome.stream_opened()
     loop = asyncio.get_running_loop()
-    producer = loop.create_task(stream.produce())
+    with watching():  # the producer's check_client(): one turn for the listener below
+        producer = loop.create_task(stream.produce())
     listener: asyncio.Task[None] | None = None
     cut = False
     try:
         with CancelScope() as scope:
-            listener = loop.create_task(stream.watch.run(scope.cancel))
+
+            def gone() -> None:  # the producer too, at once: not a turn later, via the writer
+                scope.cancel()
+                producer.cancel()
+
+            listener = loop.create_task(stream.watch.run(gone))
             await stream.respond(settings.keepalive_interval)
     except asyncio.CancelledError:
         cut = True  # by the server (shutdown, a host's timeout): the client is told so

@@ -2,24 +2,28 @@
 
     UpstreamClient.post(provider, url, content, headers) -> async context of UpstreamResponse
     UpstreamClient.fetch(provider, url, content, headers) -> Answer (the whole body, read)
-      ├── Http1Upstream     the default: one ``http1.Http1Pool`` per app (asyncio + httptools)
+      ├── AiohttpUpstream   the default: an ``aiohttp.ClientSession`` (aiohttp_transport.py)
       └── HttpxUpstream     a user's ``httpx.AsyncClient`` (their transport, proxies, mocks)
 
-Why not httpx everywhere: the upstream client decides the gateway's speed. A bare forwarder runs
-several times faster on aiohttp than on httpx's default transport, and more than twice as fast
-again on ``http1.py`` than on aiohttp (``performance.md`` in the project's references,
-``bench/overhead.py``, docs/benchmarks.md). People who bring their own ``httpx.AsyncClient``
+Why not httpx by default: the upstream client decides the gateway's speed, and a bare forwarder
+runs several times faster on aiohttp than on httpx's default transport (docs/benchmarks.md, where
+the candidates are compared). People who bring their own ``httpx.AsyncClient``
 (``ImagesApp(http_client=...)``) still get httpx, and tests use ``httpx.MockTransport`` through
 it.
 
 Both implementations raise the gateway's errors, never their library's: a failure before the
-answer's headers is ``connection_error``, a broken answer is ``bad_response``, a read timeout is
-``gateway_timeout``. Leaving the ``post`` context closes the answer; an unread answer is dropped
-with its connection, which is how an upstream learns nobody waits for it any more.
+answer's headers is ``connection_error`` (a certificate that fails verification is
+``certificate_error``: not retried), a broken answer is ``bad_response``, a read timeout is
+``gateway_timeout``. Both refuse what the gateway never accepts, once, here: a redirect (3xx is
+``bad_response`` naming the status; nothing is followed) and an answer larger than its cap after
+decoding (``MESH_IMAGES_MAX_UPSTREAM_BYTES``). Leaving the ``post`` context closes the answer; an
+unread answer is dropped with its connection, which is how an upstream learns nobody waits for it
+any more.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -28,18 +32,22 @@ from typing import Protocol
 import anyio
 import httpx
 
-from . import http1
+from .content_coding import DEFAULT_MAX_UPSTREAM_BYTES, BodyDecoder, DecodingError
 from .errors import GatewayError, GatewayTimeout, UpstreamError
 
 __all__ = [
+    "DEFAULT_MAX_UPSTREAM_BYTES",
     "Answer",
-    "Http1Upstream",
     "HttpxUpstream",
     "UpstreamClient",
     "UpstreamResponse",
     "as_upstream_client",
     "bad_response",
     "broken_answer",
+    "certificate_failed",
+    "refuse_redirect",
+    "split_lines",
+    "too_slow",
     "unreachable",
 ]
 
@@ -57,6 +65,36 @@ def bad_response(provider: str, why: str) -> UpstreamError:
 
 def broken_answer(provider: str) -> UpstreamError:
     return bad_response(provider, "the connection broke while reading the answer")
+
+
+def certificate_failed(provider: str, why: object) -> UpstreamError:
+    """A TLS certificate that failed verification: a configuration problem, never retried."""
+    return UpstreamError(
+        f"The TLS certificate of {provider} failed verification: {why}.",
+        provider_code="certificate_error",
+    )
+
+
+def refuse_redirect(provider: str, status_code: int) -> None:
+    """A 3xx is never followed (not to another host, not at all): a ``bad_response``."""
+    if 300 <= status_code < 400:
+        raise bad_response(provider, f"a redirect (HTTP {status_code}), which is not followed")
+
+
+async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Decoded body chunks as text lines without their line endings (``\\n`` or ``\\r\\n``)."""
+    buffer = bytearray()
+    scanned = 0  # bytes of ``buffer`` known to hold no line end
+    async for chunk in chunks:
+        buffer += chunk
+        while (end := buffer.find(b"\n", scanned)) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            scanned = 0
+            yield line.decode("utf-8", "replace").removesuffix("\r")
+        scanned = len(buffer)
+    if buffer:
+        yield buffer.decode("utf-8", "replace").removesuffix("\r")
 
 
 def too_slow(provider: str) -> GatewayTimeout:
@@ -117,12 +155,13 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _Http1Response:
-    __slots__ = ("_body", "_provider", "_response")
+class _HttpxResponse:
+    __slots__ = ("_body", "_limit", "_provider", "_response")
 
-    def __init__(self, provider: str, response: http1.Response) -> None:
+    def __init__(self, provider: str, response: httpx.Response, limit: int) -> None:
         self._provider = provider
         self._response = response
+        self._limit = limit
         self._body: bytes | None = None
 
     @property
@@ -134,139 +173,52 @@ class _Http1Response:
         return self._response.headers
 
     async def aread(self) -> bytes:
-        if self._body is not None:
-            return self._body
-        try:
-            self._body = await self._response.read()
-        except http1.Http1Error as exc:
-            raise _answer_error(self._provider, exc) from None
+        if self._body is None:
+            self._body = b"".join([chunk async for chunk in self._chunks()])
         return self._body
 
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        buffer = bytearray()
-        scanned = 0  # bytes of ``buffer`` known to hold no line end
+    def aiter_lines(self) -> AsyncIterator[str]:
+        return split_lines(self._chunks())
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """httpx decodes the body; the cap counts what it decoded."""
+        counter = BodyDecoder(None, self._limit)
         try:
-            async for chunk in self._response.iter_chunks():
-                buffer += chunk
-                while (end := buffer.find(b"\n", scanned)) >= 0:
-                    line = bytes(buffer[:end])
-                    del buffer[: end + 1]
-                    scanned = 0
-                    yield line.decode("utf-8", "replace").removesuffix("\r")
-                scanned = len(buffer)
-        except http1.Http1Error as exc:
-            raise _answer_error(self._provider, exc) from None
-        if buffer:
-            yield buffer.decode("utf-8", "replace").removesuffix("\r")
-
-
-def _answer_error(provider: str, exc: http1.Http1Error) -> GatewayError:
-    """What a failure while reading an answer is: too slow, or a broken answer."""
-    return too_slow(provider) if isinstance(exc, http1.ReadTimeout) else broken_answer(provider)
-
-
-class Http1Upstream:
-    """The default client: ``http1.Http1Pool``, a keep-alive pool on asyncio and httptools.
-
-    ``read_timeout`` (seconds an answer's headers or its next bytes may take; None: none) is
-    off in the gateway's own client: routing's deadline bounds every call (``routing.py``), and
-    a model's catalog deadline may be longer than the default one.
-    """
-
-    def __init__(
-        self,
-        *,
-        connect_timeout: float,
-        max_connections: int,
-        read_timeout: float | None = None,
-        keepalive_expiry: float = 30.0,
-    ) -> None:
-        self.pool = http1.Http1Pool(
-            connect_timeout=connect_timeout,
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            read_timeout=read_timeout,
-        )
-
-    async def _open(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> http1.Response:
-        if self.pool.closed:
-            raise GatewayError("The upstream client is closed.")
-        try:
-            return await self.pool.request("POST", url, headers, content)
-        except http1.ReadTimeout:
-            raise too_slow(provider) from None
-        except http1.Http1Error:  # a connect timeout too, as on a user's httpx client
-            raise unreachable(provider) from None
-
-    @asynccontextmanager
-    async def post(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> AsyncIterator[UpstreamResponse]:
-        response = await self._open(provider, url, content, headers)
-        try:
-            yield _Http1Response(provider, response)
-        finally:
-            response.close()
-
-    async def fetch(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> Answer:
-        response = await self._open(provider, url, content, headers)
-        try:
-            body = await _Http1Response(provider, response).aread()
-        finally:
-            response.close()
-        return Answer(response.status_code, response.headers, body)
-
-    @property
-    def is_closed(self) -> bool:
-        return self.pool.closed
-
-    async def aclose(self) -> None:
-        await self.pool.aclose()
-
-
-class _HttpxResponse:
-    def __init__(self, provider: str, response: httpx.Response) -> None:
-        self._provider = provider
-        self._response = response
-
-    @property
-    def status_code(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._response.headers
-
-    async def aread(self) -> bytes:
-        try:
-            return await self._response.aread()
+            async for chunk in self._response.aiter_bytes():
+                yield counter.feed(chunk)
         except httpx.TransportError as exc:
             raise _reading_error(self._provider, exc) from None
-
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        try:
-            async for line in self._response.aiter_lines():
-                yield line
-        except httpx.TransportError as exc:
-            raise _reading_error(self._provider, exc) from None
+        except DecodingError as exc:
+            raise bad_response(self._provider, str(exc)) from None
 
 
 def _reading_error(provider: str, exc: httpx.TransportError) -> GatewayError:
     # httpx-aiohttp reports a connection dropped mid-answer as ConnectTimeout: a broken answer.
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return too_slow(provider)
+    if isinstance(exc, httpx.DecodingError):
+        return bad_response(provider, "a body that does not decode")
     return broken_answer(provider)
+
+
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate failure behind a library's connection error, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class HttpxUpstream:
     """A user's ``httpx.AsyncClient``; closing this wrapper leaves their client open."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, max_answer_bytes: int = DEFAULT_MAX_UPSTREAM_BYTES
+    ) -> None:
         self.client = client
+        self.max_answer_bytes = max_answer_bytes
 
     @asynccontextmanager
     async def post(
@@ -279,10 +231,13 @@ class HttpxUpstream:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise unreachable(provider) from None
             raise too_slow(provider) from None
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            if (failure := _certificate_failure(exc)) is not None:
+                raise certificate_failed(provider, failure.verify_message) from None
             raise unreachable(provider) from None
         try:
-            yield _HttpxResponse(provider, response)
+            refuse_redirect(provider, response.status_code)
+            yield _HttpxResponse(provider, response, self.max_answer_bytes)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await response.aclose()

@@ -43,6 +43,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "MESH_IMAGES_PUBLIC_URL",
         "MESH_IMAGES_URL_TTL",
         "XDG_CACHE_HOME",
+        # The default upstream client honours proxies from the environment (trust_env).
+        *("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
+        *("http_proxy", "https_proxy", "all_proxy", "no_proxy"),
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MESH_IMAGES_LOCAL_LATENCY", "0")

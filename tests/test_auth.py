@@ -13,6 +13,7 @@ import pytest
 from mesh_images_asgi import Settings
 from mesh_images_asgi.auth import KEY_PREFIX, GatewayKey, KeyRing, hash_key, new_key
 from mesh_images_asgi.cli import main
+from mesh_images_asgi.drain_server import DrainingServer
 from mesh_images_asgi.errors import Unauthorized
 from tests.helpers import app_client
 from tests.support.leaks import WATCH
@@ -280,7 +281,12 @@ def test_serve_binds_beyond_loopback_only_with_keys_or_insecure_no_auth(
     serves: bool,
 ) -> None:
     runs: list[dict[str, Any]] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **options: runs.append(options))
+
+    def run(server: DrainingServer) -> None:
+        runs.append({"host": server.config.host})
+        server.started = True
+
+    monkeypatch.setattr(DrainingServer, "run", run)
     if keys:
         monkeypatch.setenv("MESH_IMAGES_API_KEYS", json.dumps([entry(KEY)]))
     argv = ["serve", "--host", host, *(["--insecure-no-auth"] if insecure else [])]

@@ -68,7 +68,7 @@ async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_passed_on()
 
 
 async def _hand_over_to_a_cancelled_waiter(
-    bulkhead: Bulkhead, holder: AbstractAsyncContextManager[None], served: list[str]
+    bulkhead: Bulkhead, holder: AbstractAsyncContextManager[bool], served: list[str]
 ) -> None:
     async with anyio.create_task_group() as group:
         doomed = anyio.CancelScope()

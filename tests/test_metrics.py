@@ -188,7 +188,7 @@ async def test_a_stream_that_ends_with_an_error_event_counts_the_errors_status()
 @pytest.mark.anyio
 async def test_an_open_circuit_shows_in_the_circuit_state() -> None:
     openai = Scripted(overloaded())
-    async with ops_app(openai, breaker_threshold=1, max_attempts=1) as (_, client):
+    async with ops_app(openai, breaker_minimum_calls=1, max_attempts=1) as (_, client):
         failed = await client.post(GEN, json=body(GPT2))
         samples = await scrape(client)
     assert failed.status_code == 502

@@ -1,18 +1,23 @@
 """The router with fake providers: retries, backoff, fallbacks, BYOK, breaker and bulkhead, under
-one deadline. Sleeps are recorded, not slept; jitter is fixed."""
+one deadline. Sleeps are recorded, not slept; jitter is fixed; the breakers' clock is injected.
+The routing decision is checked row by row against the table in ``routing``'s docstring."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from mesh_images_asgi import Settings
+from mesh_images_asgi import Settings, disconnect, routing
 from mesh_images_asgi.byok import ClientKeys
 from mesh_images_asgi.catalog import load_catalog
+from mesh_images_asgi.disconnect import call_until_disconnect
 from mesh_images_asgi.errors import (
     ByokFallbackDisabled,
     ByokRateLimited,
@@ -33,9 +38,20 @@ from mesh_images_asgi.providers.base import (
     PartialSink,
     ProviderResult,
 )
-from mesh_images_asgi.routing import Routed, Routing, counts_against_circuit, is_transient
+from mesh_images_asgi.routing import (
+    Failure,
+    Kind,
+    Routed,
+    Routing,
+    Step,
+    breakers_from_settings,
+    counts_against_circuit,
+    decide,
+    is_transient,
+)
 from mesh_images_asgi.schemas import parse_request
 from mesh_images_asgi.service import ImageService
+from tests.support.clock import FakeClock
 
 OK = ProviderResult(images=[GeneratedImage(b64_json="aW1hZ2U=")], created=1)
 PRIMARY = "openai/gpt-image-2"
@@ -88,7 +104,10 @@ class Harness:
         settings.setdefault("retry_backoff", 1.0)
         settings.setdefault("retry_backoff_max", 8.0)
         providers = {"openai": openai, **({"vertex": vertex} if vertex else {})}
-        self.service = ImageService(Settings(**settings), load_catalog(catalog), providers)
+        config = Settings(**settings)
+        self.service = ImageService(config, load_catalog(catalog), providers)
+        self.clock = FakeClock(1000.0)
+        self.service.router.breakers = breakers_from_settings(config, self.clock)
         self.sleeps: list[float] = []
         self.service.router.sleep = self._sleep
         self.service.router.jitter = lambda: 0.0  # backoff x0.5
@@ -167,12 +186,65 @@ def test_only_rate_limits_5xx_connection_errors_and_timeouts_are_transient(
     assert is_transient(error) is transient
 
 
-def test_the_circuit_counts_unreadable_answers_but_not_a_clients_rate_limited_key() -> None:
-    bad = UpstreamError("e", provider_code="bad_response")
-    assert counts_against_circuit(bad, client_credentials=False)
-    assert counts_against_circuit(UpstreamRateLimited("r"), client_credentials=False)
-    assert not counts_against_circuit(UpstreamRateLimited("r"), client_credentials=True)
-    assert not counts_against_circuit(InvalidRequest("i"), client_credentials=False)
+def test_the_circuit_counts_unreadable_answers_but_never_a_rate_limit() -> None:
+    assert counts_against_circuit(UpstreamError("e", provider_code="bad_response"))
+    assert counts_against_circuit(UpstreamError("e", provider_code="provider_overloaded"))
+    assert counts_against_circuit(GatewayTimeout("t", provider_code="provider_timeout"))
+    assert not counts_against_circuit(UpstreamRateLimited("r", retry_after_seconds=5))
+    assert not counts_against_circuit(InvalidRequest("i"))
+
+
+def decision_table() -> list[tuple[dict[str, str], str]]:
+    """The rows of the decision table in ``routing``'s docstring: conditions, step."""
+    assert routing.__doc__ is not None
+    lines = [line.strip() for line in routing.__doc__.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("partial sent |"))
+    names = [cell.strip() for cell in lines[start].split("|")]
+    rows = []
+    for line in lines[start + 1 :]:
+        if "|" not in line:
+            break
+        cells = dict(zip(names, (cell.strip() for cell in line.split("|")), strict=True))
+        rows.append((cells, cells.pop("step")))
+    return rows
+
+
+def failure(cells: dict[str, str]) -> Failure:
+    yes = {"yes": True, "no": False}
+    return Failure(
+        kind=Kind(cells["kind"]),
+        partial_sent=yes[cells["partial sent"]],
+        byok_fallback=yes[cells["byok on"]],
+        retry_allowed=yes[cells["may retry"]],
+        wait_fits=yes[cells["wait fits"]],
+    )
+
+
+def expand(cells: dict[str, str]) -> list[dict[str, str]]:
+    """Every combination a row stands for (``-``: any value)."""
+    combos: list[dict[str, str]] = [{}]
+    for name, value in cells.items():
+        values = [value]
+        if value == "-":
+            values = [kind.value for kind in Kind] if name == "kind" else ["yes", "no"]
+        combos = [{**combo, name: v} for combo in combos for v in values]
+    return combos
+
+
+TABLE = decision_table()
+
+
+@pytest.mark.parametrize(("cells", "step"), TABLE, ids=[" | ".join(c.values()) for c, _ in TABLE])
+def test_decide_follows_each_row_of_the_decision_table(cells: dict[str, str], step: str) -> None:
+    for combo in expand(cells):
+        assert decide(failure(combo)) is Step(step), combo
+
+
+def test_the_decision_table_covers_every_case_once() -> None:
+    seen: list[tuple[str, ...]] = []
+    for cells, _ in TABLE:
+        seen += [tuple(combo.values()) for combo in expand(cells)]
+    assert len(seen) == len(set(seen)) == len(Kind) * 2**4
 
 
 @pytest.mark.anyio
@@ -360,7 +432,7 @@ async def test_client_key_first_then_the_gateways_on_auth_failure() -> None:
 @pytest.mark.anyio
 async def test_client_key_rate_limited_falls_back_without_waiting_or_tripping_the_circuit() -> None:
     openai = Fake("openai", UpstreamRateLimited("yours is slow", retry_after_seconds=9))
-    harness = Harness(openai, breaker_threshold=1)
+    harness = Harness(openai, breaker_minimum_calls=1)
     routed = await harness.run(keys=ClientKeys(by_provider={"openai": "sk-client"}))
     assert harness.sleeps == []
     assert routed.routing.byok_fallback
@@ -392,32 +464,117 @@ async def test_byok_credentials_follow_their_provider_only() -> None:
     assert "sk-client" not in repr(openai.calls[0])
 
 
+CIRCUIT: dict[str, Any] = {
+    "breaker_minimum_calls": 2,
+    "breaker_failure_rate": 1.0,
+    "breaker_cooldown": 10,
+    "retries_per_model": 0,
+}
+
+
+def state(breaker: Any) -> str:
+    """The state, read anew (mypy would keep a property narrowed across calls)."""
+    return str(breaker.state)
+
+
+async def hang(job: GenerationJob, on_partial: PartialSink | None) -> Any:
+    await anyio.sleep(60)
+
+
 @pytest.mark.anyio
-async def test_an_open_circuit_is_skipped_for_the_fallback_and_closes_after_a_probe() -> None:
-    now = [0.0]
+async def test_a_request_counts_once_against_the_circuit_however_many_attempts_it_made() -> None:
+    harness = Harness(Fake("openai", *[overloaded()] * 6), **{**CIRCUIT, "retries_per_model": 2})
+    breaker = harness.service.router.breakers[PRIMARY]
+    assert (await harness.fail()).routing == {
+        "model": PRIMARY,
+        "attempts": 3,
+        "fallback": False,
+        "byok_fallback": False,
+    }
+    assert state(breaker) == "closed"  # three failed attempts, one failed request
+    await harness.fail()
+    assert state(breaker) == "open"
+
+
+@pytest.mark.anyio
+async def test_rate_limits_are_back_pressure_and_never_open_the_circuit() -> None:
+    limited = [UpstreamRateLimited("slow down", retry_after_seconds=1)] * 8
+    harness = Harness(Fake("openai", *limited), **CIRCUIT)
+    for _ in range(8):
+        await harness.fail()
+    assert state(harness.service.router.breakers[PRIMARY]) == "closed"
+
+
+@pytest.mark.anyio
+async def test_an_open_circuit_is_skipped_for_the_fallback_and_a_probe_closes_it() -> None:
     openai = Fake("openai", overloaded(), overloaded())
-    harness = Harness(openai, breaker_threshold=2, breaker_cooldown=10, retries_per_model=0)
-    breakers = harness.service.router.breakers
-    breakers._clock = lambda: now[0]
+    harness = Harness(openai, **CIRCUIT)
+    breaker = harness.service.router.breakers[PRIMARY]
     await harness.fail()
     await harness.fail()
-    assert breakers[PRIMARY].state == "open"
+    assert state(breaker) == "open"
     routed = await harness.run({"models": [SECOND]})
     assert routed.routing == Routing(model=SECOND, attempts=1, fallback=True)
-    error = await harness.fail()
-    assert isinstance(error, ProviderNotAvailable)
-    assert (error.status, headers(error)[b"retry-after"]) == (503, b"10")
-    assert "circuit open" in error.message
-    now[0] = 11.0
-    assert (await harness.run()).routing.attempts == 1  # the probe
-    assert breakers[PRIMARY].state == "closed"
+    assert openai.models[2:] == [SECOND]  # the open circuit was not called
+    harness.clock.advance(10)
+    routed = await harness.run({"models": [SECOND]})  # the probe
+    assert routed.routing == Routing(model=PRIMARY, attempts=1, fallback=False)
+    assert state(breaker) == "closed"
+
+
+@pytest.mark.anyio
+async def test_a_hanging_probe_fails_after_the_probe_timeout_and_the_fallback_serves() -> None:
+    openai = Fake("openai", overloaded(), overloaded(), OK, hang)
+    harness = Harness(openai, **CIRCUIT, breaker_probe_timeout=0.05, upstream_timeout=30)
+    breaker = harness.service.router.breakers[PRIMARY]
+    await harness.fail()
+    await harness.fail()
+    await harness.run({"models": [SECOND]})
+    harness.clock.advance(10)
+    with anyio.fail_after(5):  # the deadline is 30 s: only the probe timeout can end it sooner
+        routed = await harness.run({"models": [SECOND]})
+    assert openai.models[3:] == [PRIMARY, SECOND]
+    assert routed.routing == Routing(model=SECOND, attempts=2, fallback=True)
+    assert state(breaker) == "open"
+    assert breaker.retry_after() == 10
+
+
+@pytest.mark.anyio
+async def test_with_nothing_else_to_route_to_an_open_circuit_is_called_anyway() -> None:
+    openai = Fake("openai", overloaded(), overloaded(), overloaded())
+    harness = Harness(openai, **CIRCUIT)
+    breaker = harness.service.router.breakers[PRIMARY]
+    await harness.fail()
+    await harness.fail()
+    assert state(breaker) == "open"
+    panicked = await harness.fail()  # Envoy's panic mode: no 503 while the model is there
+    assert panicked.code == "upstream_error"
+    assert headers(panicked)[b"x-mesh-routing-attempts"] == b"1"
+    assert state(breaker) == "open"
+    assert (await harness.run()).routing.attempts == 1
+    assert state(breaker) == "closed"  # a success admitted while open closes it
+
+
+@pytest.mark.anyio
+async def test_when_every_candidate_is_open_the_last_one_is_called() -> None:
+    openai = Fake("openai", *[overloaded()] * 4)
+    harness = Harness(openai, **CIRCUIT)
+    for model in (PRIMARY, SECOND):
+        for _ in range(2):
+            await harness.fail({"model": model})
+    routed = await harness.run({"models": [SECOND]})
+    assert routed.routing == Routing(model=SECOND, attempts=1, fallback=True)
+    assert openai.models[4:] == [SECOND]
 
 
 @pytest.mark.anyio
 async def test_a_full_bulkhead_sends_the_request_elsewhere_or_answers_503() -> None:
     release = anyio.Event()
 
+    started = anyio.Event()
+
     async def slow(job: GenerationJob, on_partial: PartialSink | None) -> ProviderResult:
+        started.set()
         await release.wait()
         return OK
 
@@ -433,7 +590,7 @@ async def test_a_full_bulkhead_sends_the_request_elsewhere_or_answers_503() -> N
 
     async with anyio.create_task_group() as group:
         group.start_soon(one, {})
-        await anyio.sleep(0.01)
+        await started.wait()  # the first holds the only slot
         await one({"models": ["vertex/gemini-3.1-flash-image"]})
         await one({})
         release.set()
@@ -448,12 +605,20 @@ async def test_a_full_bulkhead_sends_the_request_elsewhere_or_answers_503() -> N
 @pytest.mark.anyio
 async def test_a_client_gone_during_backoff_stops_the_retries() -> None:
     openai = Fake("openai", overloaded(), overloaded())
-    harness = Harness(openai, retry_backoff=10)
-    harness.service.router.sleep = anyio.sleep
-    with anyio.move_on_after(0.1):
-        await harness.run()
-    await anyio.sleep(0.05)
-    assert len(openai.calls) == 1
+    harness = Harness(openai)
+    sleeping = anyio.Event()
+
+    async def backoff(seconds: float) -> None:
+        sleeping.set()
+        await anyio.Event().wait()  # a backoff that only a cancellation ends
+
+    harness.service.router.sleep = backoff
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(harness.run)
+            await sleeping.wait()
+            group.cancel_scope.cancel()  # the client leaves
+    assert len(openai.calls) == 1  # the run is over: no attempt can follow
 
 
 @pytest.mark.anyio
@@ -464,3 +629,100 @@ async def test_a_shared_error_is_not_changed_by_routing() -> None:
     assert shared.headers == []
     assert shared.routing is None
     assert headers(first) == headers(second)
+
+
+class Body:
+    """A failed answer's body (weakly referenceable, unlike ``bytes``)."""
+
+
+def unreadable(refs: list[weakref.ref[Body]], error: GatewayError) -> Outcome:
+    """A provider call that read a body, failed to parse it and raised ``error`` from there:
+    the parse error holds the body (as orjson's holds its document), the frame holds it too."""
+
+    async def call(job: GenerationJob, on_partial: PartialSink | None) -> Any:
+        body = Body()
+        refs.append(weakref.ref(body))
+        try:
+            raise ValueError(body)
+        except ValueError:
+            raise error from None
+
+    return call
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "fails"),
+    [(UpstreamError("not JSON", provider_code="bad_response"), True), (overloaded(), False)],
+    ids=["answered with that error", "retried and served"],
+)
+async def test_a_failed_answer_is_freed_without_a_gc_pass(error: GatewayError, fails: bool) -> None:
+    refs: list[weakref.ref[Body]] = []
+    harness = Harness(Fake("openai", unreadable(refs, error)))
+    gc.collect()
+    gc.disable()  # only reference counting: a cycle through the run would keep the body
+    try:
+        if fails:
+            raised = await harness.fail()
+            assert raised.code == "upstream_error"
+        else:
+            assert (await harness.run()).routing.attempts == 2
+        assert len(refs) == 1
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+
+
+class Leaving:
+    """A client's ``receive`` once the body is read: ``http.disconnect`` once it has ``left()``
+    (as a server's, at once when the disconnect is already known)."""
+
+    def __init__(self) -> None:
+        self._gone = asyncio.Event()
+        self.listened = False
+
+    def left(self) -> None:
+        self._gone.set()
+
+    async def __call__(self) -> dict[str, Any]:
+        self.listened = True
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def turns_until(condition: Callable[[], bool]) -> None:
+    """Let the loop turn until ``condition()`` (the bound only catches a hang)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("listening", [False, True], ids=["listener not started", "listening"])
+async def test_a_queued_request_whose_client_left_never_reaches_the_upstream(
+    listening: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot and the disconnect in the same turn of the loop, the slot first: the worst order
+    (the listener starts LISTEN_AFTER into the work, or is already waiting in ``receive``)."""
+    monkeypatch.setattr(disconnect, "LISTEN_AFTER", 0 if listening else 3600)
+    openai = Fake("openai")
+    harness = Harness(openai, bulkhead_limit=1, bulkhead_queue=1)
+    bulkhead = harness.service.router.bulkheads["openai"]
+    client = Leaving()
+    request = parse_request(_json({"model": PRIMARY, "prompt": "a"}))
+    results: list[Routed | None] = []
+
+    async def queued() -> None:
+        plan = harness.service.plan(request)
+        results.append(await call_until_disconnect(client, lambda: harness.service.generate(plan)))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            async with bulkhead.slot():
+                group.start_soon(queued)
+                await turns_until(lambda: bulkhead.waiting == 1 and client.listened == listening)
+            client.left()  # in the same turn as the slot's hand-over, after it
+    assert results == [None]
+    assert openai.calls == []

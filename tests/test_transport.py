@@ -1,11 +1,12 @@
-"""The gateway's own upstream client (``http1.py``); failures on both transports: tests/live."""
+"""The gateway's default upstream client (aiohttp); failures on both transports: tests/live;
+hostile upstreams: tests/test_hostile_upstreams.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from mesh_images_asgi._asgi import Receive, Scope, Send
-from mesh_images_asgi.transport import Http1Upstream
+from mesh_images_asgi.aiohttp_transport import AiohttpUpstream
 from tests.support.live import serve
 
 
@@ -40,7 +41,7 @@ class CookieSetter:
 async def test_upstream_cookies_are_never_sent_back() -> None:
     # One client serves every user: a cookie set for one request must not ride on the next.
     upstream = CookieSetter()
-    client = Http1Upstream(connect_timeout=5, max_connections=4)
+    client = AiohttpUpstream(connect_timeout=5, max_connections=4, max_answer_bytes=2**20)
     try:
         with serve(upstream, lifespan="off") as url:
             for _ in range(2):

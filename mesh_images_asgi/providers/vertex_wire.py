@@ -47,6 +47,7 @@ from ._http import (
     retry_after_seconds,
     upstream_error_object,
 )
+from ._retry_after import clamped_delay
 from .base import GeneratedImage, GenerationJob
 
 __all__ = [
@@ -314,7 +315,7 @@ def _retry_delay(error: Mapping[str, Any]) -> float | None:
     for detail in _details(error, _RETRY_INFO):
         match = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
         if match:
-            return float(match[1])
+            return clamped_delay(float(match[1]))
     return None
 
 

@@ -147,6 +147,7 @@ class Fault(enum.Enum):
     HANG = "never answer (until the client goes away)"
     SLOW_BODY = "a correct 200 whose body trickles in over ``latency`` seconds"
     BAD_BASE64 = "200 with well-formed JSON whose image is cut mid-way through its base64"
+    CUT_IMAGE = "200 whose image is cut on a 4-character boundary: valid base64, broken image"
 
 
 @dataclass(frozen=True)
@@ -539,7 +540,7 @@ class OpenAIEmulator:
         self.requests.append(record)
         self._received.set()
         fault = self.fault if self.fault_for is None else self.fault_for(body)
-        if fault in (Fault.HANG, Fault.SLOW_BODY, Fault.BAD_BASE64):
+        if fault in (Fault.HANG, Fault.SLOW_BODY, Fault.BAD_BASE64, Fault.CUT_IMAGE):
             await self._misbehave(fault, body, receive, send, record)
             return
         if isinstance(fault, ErrorReply | Fault):
@@ -651,8 +652,10 @@ class OpenAIEmulator:
         image = generation.image(0)
         if fault is Fault.BAD_BASE64:
             image = image[: len(image) // 2 + 1]  # never a whole number of base64 quanta
+        if fault is Fault.CUT_IMAGE:
+            image = image[: len(image) // 2 // 4 * 4]
         answer = json.dumps({"created": int(time.time()), "data": [{"b64_json": image}]}).encode()
-        if fault is Fault.BAD_BASE64:
+        if fault in (Fault.BAD_BASE64, Fault.CUT_IMAGE):
             await _send(send, 200, answer, {})
             return
         await _start(send, 200, len(answer), {})

@@ -41,7 +41,7 @@ FAST: dict[str, Any] = {
     "retry_after_max": 2.0,
     "max_attempts": 4,
     "retries_per_model": 2,
-    "breaker_threshold": 1000,  # the matrix rows must not trip each other's circuits
+    "breaker_minimum_calls": 1_000_000,  # the matrix rows must not trip each other's circuits
     "bulkhead_limit": 8,
     "bulkhead_queue": 8,
     "max_upstream_connections": POOL,

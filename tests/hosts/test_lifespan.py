@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import anyio
 import httpx
@@ -22,6 +21,7 @@ from mesh_images_asgi.transport import UpstreamClient
 from tests.emulators.openai import OpenAIEmulator
 from tests.hosts.support import GEN
 from tests.support.live import serve_process
+from tests.support.procfs import connections_to
 
 SETTINGS = Settings(local_latency=0)
 IMAGE = {"model": "local/sketch", "prompt": "x", "size": "64x64"}
@@ -221,20 +221,20 @@ def test_without_lifespan_the_client_closes_with_its_event_loop(
         Settings(openai_api_key=OpenAIEmulator().api_key, openai_base_url=openai_url)
     )
 
-    async def one_request() -> Any:
+    upstream = {int(openai_url.rsplit(":", 1)[1].split("/")[0])}
+
+    async def one_request() -> None:
         async with asgi_client(app) as client:
             response = await client.post(GEN, json=OPENAI_IMAGE)
         assert response.status_code == 200, response.text
-        pool = clients[-1].pool  # type: ignore[attr-defined]
-        assert len(pool) == 1  # a real upstream connection was opened, and is kept alive
-        return pool
+        # A real upstream connection was opened, and is kept alive.
+        assert connections_to(upstream)["ESTABLISHED"] == 1
 
     for loops in (1, 2):  # each event loop gets its own client, closed when it ends
-        pool = asyncio.run(one_request())
+        asyncio.run(one_request())
         assert len(clients) == loops
         assert clients[-1].is_closed
-        assert pool.closed
-        assert len(pool) == 0
+        assert sum(connections_to(upstream).values()) == 0
 
 
 LAZY_TARGETS = {

@@ -55,7 +55,7 @@ def counted(emulator: tuple[OpenAIEmulator, str]) -> Iterator[tuple[Counting, st
         openai_base_url=emulator[1],
         local_latency=0.05,
         max_attempts=1,
-        breaker_threshold=1000,
+        breaker_minimum_calls=1_000_000,
     )
     app = Counting(create_app(settings))
     with serve(app) as url:

@@ -20,10 +20,11 @@ from meshapi import ImageGenerationParams, MeshAPI, MeshAPIError
 from openai import OpenAI
 
 from mesh_images_asgi import ImagesApp, Settings
+from mesh_images_asgi.aiohttp_transport import AiohttpUpstream
 from mesh_images_asgi.errors import GatewayError, GatewayTimeout, UpstreamError
 from mesh_images_asgi.providers.base import PartialImage
 from mesh_images_asgi.providers.openai import OpenAIProvider
-from mesh_images_asgi.transport import Http1Upstream, HttpxUpstream, UpstreamClient
+from mesh_images_asgi.transport import HttpxUpstream, UpstreamClient
 from tests.emulators.openai import (
     ErrorReply,
     Fault,
@@ -61,7 +62,7 @@ def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
 def gateway_app(upstream: str, **settings: Any) -> ImagesApp:
     # Error mapping here, one upstream call per request; retries and circuits: tests/faults.
     settings.setdefault("max_attempts", 1)
-    settings.setdefault("breaker_threshold", 1000)
+    settings.setdefault("breaker_minimum_calls", 1_000_000)
     return ImagesApp(
         Settings(openai_api_key=KEY, openai_base_url=upstream, local_latency=0, **settings)
     )
@@ -470,11 +471,13 @@ def test_a_client_leaving_a_stream_cancels_the_upstream_stream(
     assert emulator.requests[0].body["stream"] is True
 
 
-@pytest.fixture(params=["http1", "httpx"])
+@pytest.fixture(params=["aiohttp", "httpx"])
 async def upstream_client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
-    """The gateway's default client (http1.py), and a user's plain httpx client."""
-    if request.param == "http1":
-        client = Http1Upstream(connect_timeout=0.5, read_timeout=0.5, max_connections=8)
+    """The gateway's default client (aiohttp), and a user's plain httpx client."""
+    if request.param == "aiohttp":
+        client = AiohttpUpstream(
+            connect_timeout=0.5, read_timeout=0.5, max_connections=8, max_answer_bytes=2**26
+        )
         try:
             yield client
         finally:

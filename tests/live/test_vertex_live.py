@@ -59,14 +59,14 @@ def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstreams]:
             vertex_base_url=vertex_url,
             models=fast_deadline,
             max_attempts=1,  # error mapping here; retries and circuits: tests/faults
-            breaker_threshold=1000,
+            breaker_minimum_calls=1_000_000,
             retired_models="serve",
         )
         key_mode = Settings(
             vertex_api_key=API_KEY,
             vertex_base_url=vertex_url,
             max_attempts=1,
-            breaker_threshold=1000,
+            breaker_minimum_calls=1_000_000,
             retired_models="serve",
         )
         with serve(ImagesApp(token_mode)) as gateway, serve(ImagesApp(key_mode)) as key_gateway:

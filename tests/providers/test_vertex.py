@@ -34,7 +34,7 @@ from tests.emulators.oauth import OAuthEmulator
 pytestmark = pytest.mark.anyio
 
 CATALOG = load_catalog()
-PNG_B64 = "iVBORw0KGgo="  # what the provider passes through untouched
+PNG_B64 = "iVBORw0KGgoAAAAASUVORK5CYII="  # a PNG's signature and end: passed through untouched
 Handler = Callable[[httpx.Request], httpx.Response]
 
 

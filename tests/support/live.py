@@ -121,9 +121,14 @@ class Process:
 
 @contextmanager
 def serve_process(
-    command: Sequence[str], *, env: Mapping[str, str] | None = None, name: str = "server"
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    name: str = "server",
+    stop: signal.Signals | None = signal.SIGINT,
 ) -> Iterator[Process]:
-    """Run a server command until the block ends, then stop it with SIGINT (Ctrl+C).
+    """Run a server command until the block ends, then stop it with ``stop`` (SIGINT: Ctrl+C;
+    None: the block signals ``Process.pid`` itself) and wait for it to exit.
 
     ``{port}`` in ``command`` is replaced by a free port on 127.0.0.1; ``env`` is added to this
     process's environment. Yields a ``Process`` whose ``returncode`` and ``stderr`` are set on exit.
@@ -142,7 +147,8 @@ def serve_process(
         _wait_until_accepting(port, name, lambda: process.poll() is None, timeout=20)
         yield served
     finally:
-        process.send_signal(signal.SIGINT)
+        if stop is not None:
+            process.send_signal(stop)
         try:
             _, served.stderr = process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
