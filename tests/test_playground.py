@@ -14,6 +14,7 @@ from starlette.routing import Mount
 
 from mesh_images_asgi import ImagesApp, Settings, cli
 from mesh_images_asgi._asgi import Message
+from mesh_images_asgi.drain_server import DrainingServer
 from mesh_images_asgi.main import create_app
 from mesh_images_asgi.playground import PAGE_PATHS, PlaygroundApp
 from tests.support.live import serve
@@ -131,10 +132,13 @@ def test_create_app_without_the_playground_serves_no_page() -> None:
 def test_serve_turns_the_playground_off_with_no_playground(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], served: bool
 ) -> None:
-    import uvicorn
-
     apps: list[ImagesApp] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+
+    def run(server: DrainingServer) -> None:
+        apps.append(server.images_app)
+        server.started = True
+
+    monkeypatch.setattr(DrainingServer, "run", run)
     monkeypatch.setattr(cli, "_tune_gc", lambda: None)
     assert cli.main(["serve", "--port", "8000", *argv]) == 0
     assert ("/" in apps[0].paths) is served
