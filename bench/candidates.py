@@ -19,9 +19,8 @@ import anyio
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, PyreqwestError, ReadTimeoutError
 
-from mesh_images_asgi.content_coding import BodyDecoder, DecodingError
-from mesh_images_asgi.errors import GatewayError
-from mesh_images_asgi.transport import (
+from mesh_images_asgi._core.errors import GatewayError
+from mesh_images_asgi._upstream.client import (
     Answer,
     UpstreamResponse,
     bad_response,
@@ -31,6 +30,7 @@ from mesh_images_asgi.transport import (
     too_slow,
     unreachable,
 )
+from mesh_images_asgi._upstream.content_coding import BodyDecoder, DecodingError
 
 
 class _PyreqwestResponse:

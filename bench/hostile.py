@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh_images_asgi.config import Settings  # noqa: E402
+from mesh_images_asgi._config import Settings  # noqa: E402
 
 
 def pyreqwest(settings: Settings) -> Any:

@@ -44,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh_images_asgi.auth import hash_key  # noqa: E402
+from mesh_images_asgi._access.keys import hash_key  # noqa: E402
 from tests.support.procfs import rss_bytes  # noqa: E402
 
 UPSTREAM_KEY = "sk-soak-upstream-0123456789"

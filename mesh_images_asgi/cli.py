@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .auth import GatewayKey, hash_key, new_key
-from .catalog import load_catalog
-from .catalog_check import check_catalog
-from .config import ConfigError, Settings
-from .redact import RedactingFilter
+from mesh_images_asgi._access.keys import GatewayKey, hash_key, new_key
+from mesh_images_asgi._config import ConfigError, Settings
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.catalog_check import check_catalog
+from mesh_images_asgi._observe.redact import RedactingFilter
 
 __all__ = ["main"]
 
@@ -170,7 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from .main import create_app
+    from mesh_images_asgi.main import create_app
 
     overrides = {"log_level": args.log_level} if args.log_level else {}
     try:
@@ -190,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    from .drain_server import DrainingServer
+    from mesh_images_asgi._asgi.server import DrainingServer
 
     try:
         app = create_app(settings, playground=not args.no_playground)

@@ -8,8 +8,8 @@ served, and CORS is answered for ``MESH_IMAGES_CORS_ORIGINS``.
 
 from __future__ import annotations
 
-from .app import ImagesApp
-from .config import Settings
+from mesh_images_asgi._asgi.app import ImagesApp
+from mesh_images_asgi._config import Settings
 
 __all__ = ["app", "create_app"]
 

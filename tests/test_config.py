@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mesh_images_asgi import Settings
+from mesh_images_asgi._config import ConfigError
 from mesh_images_asgi.cli import main
-from mesh_images_asgi.config import ConfigError
 
 CONFIG = """
 default_model = "local/sketch"

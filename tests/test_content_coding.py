@@ -1,4 +1,5 @@
-"""Decoding an upstream body under its cap (``content_coding.py``), the cap's default against the
+"""Decoding an upstream body under its cap (``_upstream/content_coding.py``), the cap's default
+against the
 shipped catalog, and the checks both upstream clients share (a user's httpx client too)."""
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ import zlib
 import httpx
 import pytest
 
-from mesh_images_asgi.catalog import load_catalog, parse_wxh
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.content_coding import (
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._core.errors import UpstreamError
+from mesh_images_asgi._domain.catalog import load_catalog, parse_wxh
+from mesh_images_asgi._upstream.client import HttpxUpstream
+from mesh_images_asgi._upstream.content_coding import (
     DEFAULT_MAX_UPSTREAM_BYTES,
     AnswerTooLarge,
     BodyDecoder,
     TruncatedEncoding,
     UnknownEncoding,
 )
-from mesh_images_asgi.errors import UpstreamError
-from mesh_images_asgi.transport import HttpxUpstream
 
 BODY = b'{"data": [{"b64_json": "' + b"QUJD" * 5000 + b'"}]}'
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.auth import hash_key, new_key
+from mesh_images_asgi._access.keys import hash_key, new_key
 from tests.edit_images import data_url, encoded, half_mask, solid
 from tests.helpers import app_client, client_for, decode_item
 from tests.support.leaks import WATCH
@@ -322,7 +322,7 @@ async def test_an_edit_is_a_job_of_kind_edit_on_the_generation_path() -> None:
         name = "local"
 
         async def generate(self, job: Any, on_partial: Any = None) -> Any:
-            from mesh_images_asgi.providers.base import GeneratedImage, ProviderResult
+            from mesh_images_asgi._domain.jobs import GeneratedImage, ProviderResult
 
             seen.append((job.kind, len(job.inputs.images)))
             return ProviderResult([GeneratedImage(b64_json=base64.b64encode(PNG).decode())], 1)
@@ -349,7 +349,7 @@ async def test_an_edit_is_a_job_of_kind_edit_on_the_generation_path() -> None:
 
 @pytest.mark.anyio
 async def test_an_edit_is_retried_then_falls_back_like_a_generation() -> None:
-    from mesh_images_asgi.errors import UpstreamError
+    from mesh_images_asgi._core.errors import UpstreamError
     from mesh_images_asgi.providers.local import LocalProvider
 
     attempts: list[tuple[str, str]] = []

@@ -1,11 +1,12 @@
-"""``errors.py``: each error's OpenAI ``type`` and if a retry may help (``x-should-retry``)."""
+"""``_core/errors.py``: each error's OpenAI ``type`` and if a retry may help
+(``x-should-retry``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from mesh_images_asgi import errors
-from mesh_images_asgi.errors import GatewayError
+from mesh_images_asgi._core import errors
+from mesh_images_asgi._core.errors import GatewayError
 
 # (class, OpenAI type, may a retry help)
 TABLE: list[tuple[type[GatewayError], str, bool]] = [

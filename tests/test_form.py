@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mesh_images_asgi.errors import RequestTooLarge
-from mesh_images_asgi.form import FormLimits, boundary_of, read_form
+from mesh_images_asgi._asgi.form import FormLimits, boundary_of, read_form
+from mesh_images_asgi._core.errors import RequestTooLarge
 
 
 def encoded_form(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, bytes]:

@@ -13,19 +13,19 @@ import anyio
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._asgi import Message, Receive, Scope, Send
-from mesh_images_asgi.providers.base import (
+from mesh_images_asgi._asgi.sse import FRAME_PIECE
+from mesh_images_asgi._core.asgi import Message, Receive, Scope, Send
+from mesh_images_asgi._domain.jobs import (
     GeneratedImage,
     GenerationJob,
     PartialSink,
     ProviderResult,
 )
-from mesh_images_asgi.schemas import MAX_DEPTH, MAX_STRING_CHARS
-from mesh_images_asgi.sse import FRAME_PIECE
+from mesh_images_asgi._domain.schemas import MAX_DEPTH, MAX_STRING_CHARS
+from tests.asgi.test_app import assert_envelope
 from tests.helpers import app_client
 from tests.support.leaks import WATCH
 from tests.support.live import serve
-from tests.test_app import assert_envelope
 
 GEN = "/v1/images/generations"
 LOCAL = {"provider": "local", "upstream": "sketch", "sizes": ["256x256"], "max_n": 4}

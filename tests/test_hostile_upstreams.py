@@ -20,12 +20,12 @@ import pytest
 import trustme
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from mesh_images_asgi.aiohttp_transport import AiohttpUpstream
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.errors import GatewayError, UpstreamError
-from mesh_images_asgi.routing import is_transient
-from mesh_images_asgi.transport import UpstreamClient
-from mesh_images_asgi.upstream import create_upstream_client
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._core.errors import GatewayError, UpstreamError
+from mesh_images_asgi._routing.router import is_transient
+from mesh_images_asgi._upstream.aiohttp import AiohttpUpstream
+from mesh_images_asgi._upstream.client import UpstreamClient
+from mesh_images_asgi._upstream.default import create_upstream_client
 from tests.support.raw import RawServer, raw_server, read_request, wait_closed_by_peer
 
 pytestmark = pytest.mark.anyio

@@ -12,20 +12,20 @@ from typing import Any
 
 import pytest
 
-from mesh_images_asgi.catalog import Catalog, ModelEntry, load_catalog
-from mesh_images_asgi.catalog_check import check_catalog
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._core.errors import InvalidRequest, ModelRetired
+from mesh_images_asgi._domain.catalog import Catalog, ModelEntry, load_catalog
+from mesh_images_asgi._domain.catalog_check import check_catalog
+from mesh_images_asgi._domain.schemas import ImageRequest
+from mesh_images_asgi._routing.lifecycle import current_model, deprecation_headers, translate_size
 from mesh_images_asgi.cli import main
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.errors import InvalidRequest, ModelRetired
-from mesh_images_asgi.lifecycle import current_model, deprecation_headers, translate_size
-from mesh_images_asgi.schemas import ImageRequest
 from tests.helpers import app_client
 
 TODAY = date(2026, 12, 7)
 
 
 def shipped() -> dict[str, dict[str, Any]]:
-    text = resources.files("mesh_images_asgi").joinpath("models.toml").read_text("utf-8")
+    text = resources.files("mesh_images_asgi").joinpath("_domain/models.toml").read_text("utf-8")
     models: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
     return models
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.config import ConfigError
-from mesh_images_asgi.cors import EXPOSED_HEADERS
+from mesh_images_asgi._asgi.cors import EXPOSED_HEADERS
+from mesh_images_asgi._config import ConfigError
 from mesh_images_asgi.main import create_app
 from tests.helpers import client_for
 from tests.support.live import serve

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._asgi import Message
-from mesh_images_asgi.errors import GatewayError
-from mesh_images_asgi.schemas import ImageRequest, parse_request
+from mesh_images_asgi._core.asgi import Message
+from mesh_images_asgi._core.errors import GatewayError
+from mesh_images_asgi._domain.schemas import ImageRequest, parse_request
 from tests.support.fuzz import SMALL_LOCAL, assert_error_envelope
 
 GEN = "/v1/images/generations"

@@ -20,11 +20,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings, store_embedded
-from mesh_images_asgi.auth import hash_key, new_key
-from mesh_images_asgi.store import default_store_dir
-from mesh_images_asgi.store_embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
-from mesh_images_asgi.store_factory import create_store
+from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
+from mesh_images_asgi._access.keys import hash_key, new_key
+from mesh_images_asgi._store import embedded as store_embedded
+from mesh_images_asgi._store.base import default_store_dir
+from mesh_images_asgi._store.embedded import KEY_FILE, SWEEP_BATCH, EmbeddedStore
+from mesh_images_asgi._store.factory import create_store
 from tests.emulators.openai import OpenAIEmulator
 from tests.emulators.vertex import VertexEmulator
 from tests.helpers import client_for, decode_image

@@ -20,9 +20,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.config import ConfigError
-from mesh_images_asgi.store_factory import create_store
-from mesh_images_asgi.store_s3 import S3Store
+from mesh_images_asgi._config import ConfigError
+from mesh_images_asgi._store.factory import create_store
+from mesh_images_asgi._store.s3 import S3Store
 from tests.helpers import decode_image
 from tests.support.live import serve
 
@@ -140,6 +140,6 @@ def test_an_unreachable_bucket_is_a_502_not_a_lost_image(
 
 def test_without_the_s3_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "obstore", None)  # as on a base install
-    monkeypatch.delitem(sys.modules, "mesh_images_asgi.store_s3", raising=False)
+    monkeypatch.delitem(sys.modules, "mesh_images_asgi._store.s3", raising=False)
     with pytest.raises(ConfigError, match=r"mesh-images-asgi\[s3\]"):
         create_store(Settings(store=f"s3://{BUCKET}"))

@@ -1,4 +1,4 @@
-"""``stream_events.py``: the two encodings of a stream's events."""
+"""``_asgi/stream_events.py``: the two encodings of a stream's events."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.providers.base import GenerationJob, JobKind, PartialImage
-from mesh_images_asgi.schemas import ImageRequest
-from mesh_images_asgi.stream_events import MeshEvents, OpenAIEvents, stream_events
+from mesh_images_asgi._asgi.stream_events import MeshEvents, OpenAIEvents, stream_events
+from mesh_images_asgi._domain.jobs import GenerationJob, JobKind, PartialImage
+from mesh_images_asgi._domain.schemas import ImageRequest
 
 PARTIAL = PartialImage(b64_json="cGFydGlhbA==", index=1)
 

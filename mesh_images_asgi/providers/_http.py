@@ -14,7 +14,8 @@ mapping of failures.
     other 4xx                                     -> 400 invalid_request (provider_code, param,
                                                                           provider_error)
 
-Transport failures are mapped where they happen, by the upstream client (``transport.py``): the
+Transport failures are mapped where they happen, by the upstream client (``_upstream/client.py``):
+the
 phase, not the exception class, tells a connect failure from a broken answer.
 
 Providers decide what a 4xx *means* first (a moderation refusal is a content-policy error, not a
@@ -32,18 +33,18 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import (
+from mesh_images_asgi._core.errors import (
     GatewayError,
     InvalidRequest,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
 )
-from ..redact import redact
-from ..tracing import upstream_headers
-from ..transport import Answer, UpstreamClient, UpstreamResponse, bad_response
-from ._retry_after import retry_after_seconds
-from ._whole_image import image_is_whole
+from mesh_images_asgi._observe.redact import redact
+from mesh_images_asgi._observe.tracing import upstream_headers
+from mesh_images_asgi._upstream.client import Answer, UpstreamClient, UpstreamResponse, bad_response
+from mesh_images_asgi.providers._retry_after import retry_after_seconds
+from mesh_images_asgi.providers._whole_image import image_is_whole
 
 __all__ = [
     "Answer",

@@ -11,7 +11,8 @@ image.
 Rendering is CPU work, so it has its own bound (the waiting does not): at most ``threads``
 generations render at once (by default one per core), in threads of their own, ``queue`` more
 wait for one, and past that a generation is refused at once with 503 ``provider_not_available``
-and ``Retry-After`` (the bulkhead of ``bulkhead.py``), instead of every request sharing the cores.
+and ``Retry-After`` (the bulkhead of ``_core/bulkhead.py``), instead of every request sharing the
+cores.
 Edits (a job with ``inputs``) are real image operations on the uploads, painting with the same
 compositions (``local_edit``), under the same bound.
 """
@@ -30,10 +31,16 @@ import anyio
 import anyio.to_thread
 from PIL import Image, ImageDraw, ImageFont
 
-from ..bulkhead import Bulkhead
-from ..catalog import parse_wxh
-from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
-from .local_edit import edit_image, edit_size
+from mesh_images_asgi._core.bulkhead import Bulkhead
+from mesh_images_asgi._domain.catalog import parse_wxh
+from mesh_images_asgi._domain.jobs import (
+    GeneratedImage,
+    GenerationJob,
+    PartialImage,
+    PartialSink,
+    ProviderResult,
+)
+from mesh_images_asgi.providers.local_edit import edit_image, edit_size
 
 __all__ = ["LocalProvider", "compose", "encode", "render_image"]
 

@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
-from ..catalog import parse_wxh
-from ..edit_inputs import EditInputs
-from ..errors import InvalidRequest
-from .base import GenerationJob
+from mesh_images_asgi._core.errors import InvalidRequest
+from mesh_images_asgi._domain.catalog import parse_wxh
+from mesh_images_asgi._domain.edit_inputs import EditInputs
+from mesh_images_asgi._domain.jobs import GenerationJob
 
 __all__ = ["Painting", "edit_image", "edit_size"]
 

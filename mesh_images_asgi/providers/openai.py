@@ -28,9 +28,17 @@ from typing import Any
 import httpx
 import orjson
 
-from ..errors import ContentPolicyViolation, GatewayError, UpstreamError
-from ..transport import UpstreamClient, as_upstream_client
-from ._http import (
+from mesh_images_asgi._core.errors import ContentPolicyViolation, GatewayError, UpstreamError
+from mesh_images_asgi._domain.jobs import (
+    GeneratedImage,
+    GenerationJob,
+    PartialImage,
+    PartialSink,
+    ProviderResult,
+)
+from mesh_images_asgi._domain.usage import Usage
+from mesh_images_asgi._upstream.client import UpstreamClient, as_upstream_client
+from mesh_images_asgi.providers._http import (
     Body,
     bad_response,
     checked_base64,
@@ -44,7 +52,6 @@ from ._http import (
     sse_events,
     upstream_error_object,
 )
-from .base import GeneratedImage, GenerationJob, PartialImage, PartialSink, ProviderResult
 
 __all__ = ["OpenAIProvider"]
 
@@ -292,21 +299,16 @@ def _add_usage(total: dict[str, Any], usage: Any) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def _usage(raw: dict[str, Any]) -> dict[str, Any] | None:
+def _usage(raw: dict[str, Any]) -> Usage | None:
     """OpenAI's ``input_tokens``/``output_tokens`` as ``prompt_tokens``/``completion_tokens``."""
-    prompt, completion = _int(raw.get("input_tokens")), _int(raw.get("output_tokens"))
-    if prompt is None or completion is None:
-        return None
-    total = _int(raw.get("total_tokens"))
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion if total is None else total,
+    details = {
+        key: raw[key]
+        for key in ("input_tokens_details", "output_tokens_details")
+        if isinstance(raw.get(key), dict)
     }
-    for key in ("input_tokens_details", "output_tokens_details"):
-        if isinstance(raw.get(key), dict):
-            usage[key] = raw[key]
-    return usage
+    return Usage.of(
+        raw.get("input_tokens"), raw.get("output_tokens"), raw.get("total_tokens"), details
+    )
 
 
 def _str(value: Any) -> str | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import httpx
 
-from ..config import Settings
-from ..transport import UpstreamClient, as_upstream_client
-from .base import Provider
-from .local import LocalProvider
-from .openai import OpenAIProvider
-from .vertex import vertex_provider
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._domain.jobs import Provider
+from mesh_images_asgi._upstream.client import UpstreamClient, as_upstream_client
+from mesh_images_asgi.providers.local import LocalProvider
+from mesh_images_asgi.providers.openai import OpenAIProvider
+from mesh_images_asgi.providers.vertex import vertex_provider
 
 __all__ = ["build_providers"]
 

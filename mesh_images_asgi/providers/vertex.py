@@ -26,13 +26,13 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from ..catalog import ModelEntry
-from ..config import ConfigError, Settings
-from ..errors import InvalidRequest, NotImplementedByGateway
-from ..transport import UpstreamClient, as_upstream_client
-from ._http import Answer, parse_json_object, send_json
-from .base import GenerationJob, PartialSink, ProviderResult
-from .vertex_wire import (
+from mesh_images_asgi._config import ConfigError, Settings
+from mesh_images_asgi._core.errors import InvalidRequest, NotImplementedByGateway
+from mesh_images_asgi._domain.catalog import ModelEntry
+from mesh_images_asgi._domain.jobs import GenerationJob, PartialSink, ProviderResult
+from mesh_images_asgi._upstream.client import UpstreamClient, as_upstream_client
+from mesh_images_asgi.providers._http import Answer, parse_json_object, send_json
+from mesh_images_asgi.providers.vertex_wire import (
     PROVIDER,
     VertexImages,
     generate_content_body,
@@ -187,7 +187,7 @@ class VertexProvider:
             url, headers = self._url(entry, None, self._location), {"x-goog-api-key": credentials}
         else:
             try:
-                from .vertex_auth import service_account_token
+                from mesh_images_asgi.providers.vertex_auth import service_account_token
             except ImportError:
                 raise NotImplementedByGateway(
                     "Service-account credentials need google-auth on this gateway: "
@@ -276,7 +276,7 @@ def vertex_provider(
     if settings.google_application_credentials is None and settings.google_cloud_project is None:
         return None
     try:
-        from .vertex_auth import TokenAuth, load_credentials
+        from mesh_images_asgi.providers.vertex_auth import TokenAuth, load_credentials
     except ImportError:
         raise ConfigError(
             "Vertex AI credentials are configured but google-auth is not installed: "

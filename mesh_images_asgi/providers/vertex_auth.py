@@ -34,9 +34,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from ..config import ConfigError
-from ..errors import GatewayError, UpstreamAuthError, UpstreamError
-from ..redact import redact
+from mesh_images_asgi._config import ConfigError
+from mesh_images_asgi._core.errors import GatewayError, UpstreamAuthError, UpstreamError
+from mesh_images_asgi._observe.redact import redact
 
 __all__ = [
     "MAX_CLIENT_KEY_BITS",

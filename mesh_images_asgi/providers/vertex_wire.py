@@ -30,16 +30,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import ModelEntry
-from ..errors import (
+from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
     GatewayError,
     InvalidRequest,
     ModelRetired,
     UpstreamAuthError,
 )
-from ..redact import redact
-from ._http import (
+from mesh_images_asgi._domain.catalog import ModelEntry
+from mesh_images_asgi._domain.jobs import GeneratedImage, GenerationJob
+from mesh_images_asgi._domain.usage import Usage
+from mesh_images_asgi._observe.redact import redact
+from mesh_images_asgi.providers._http import (
     Answer,
     bad_response,
     checked_base64,
@@ -47,8 +49,7 @@ from ._http import (
     retry_after_seconds,
     upstream_error_object,
 )
-from ._retry_after import clamped_delay
-from .base import GeneratedImage, GenerationJob
+from mesh_images_asgi.providers._retry_after import clamped_delay
 
 __all__ = [
     "PROVIDER",
@@ -106,7 +107,7 @@ class VertexImages:
 
     images: list[GeneratedImage]
     output_format: str | None
-    usage: dict[str, int] | None = None
+    usage: Usage | None = None
 
 
 def size_table(entry: ModelEntry) -> dict[str, SizeParams]:
@@ -284,18 +285,14 @@ def generate_content_images(data: Mapping[str, Any]) -> VertexImages:
     raise bad_response(PROVIDER, f"it returned no image (finish reason {reason})")
 
 
-def _usage(metadata: Any) -> dict[str, int] | None:
+def _usage(metadata: Any) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
-    prompt, completion = metadata.get("promptTokenCount"), metadata.get("candidatesTokenCount")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    total = metadata.get("totalTokenCount")
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total if isinstance(total, int) else prompt + completion,
-    }
+    return Usage.of(
+        metadata.get("promptTokenCount"),
+        metadata.get("candidatesTokenCount"),
+        metadata.get("totalTokenCount"),
+    )
 
 
 def _details(error: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:

@@ -20,9 +20,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import ConsoleMessage, FilePayload, Page, expect, sync_playwright
 
-from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.auth import hash_key, new_key
-from mesh_images_asgi.providers.base import GenerationJob, PartialSink, ProviderResult
+from mesh_images_asgi import GenerationJob, ImagesApp, PartialSink, ProviderResult, Settings
+from mesh_images_asgi._access.keys import hash_key, new_key
 from mesh_images_asgi.providers.local import LocalProvider
 from tests.support.leaks import WATCH
 from tests.support.live import serve

@@ -49,7 +49,7 @@ import anyio
 from PIL import Image
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mesh_images_asgi._asgi import Receive, Scope, Send
+from mesh_images_asgi._core.asgi import Receive, Scope, Send
 from tests.support.live import serve
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mesh_images_asgi.accesslog import LOGGER_NAME
+from mesh_images_asgi._observe.accesslog import LOGGER_NAME
 from tests.faults.conftest import Gateway, Upstreams, error_of, sse_events
 
 Make = Callable[..., AbstractContextManager[Gateway]]

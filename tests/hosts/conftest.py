@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_images_asgi import app as app_module
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.transport import UpstreamClient
-from mesh_images_asgi.upstream import create_upstream_client
+from mesh_images_asgi._asgi import app as app_module
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._upstream.client import UpstreamClient
+from mesh_images_asgi._upstream.default import create_upstream_client
 
 
 @pytest.fixture

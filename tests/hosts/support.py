@@ -92,17 +92,19 @@ def image_and_stream(
 
 
 def check_stream(stream: Stream, latency: float, interval: float) -> None:
-    """The streaming contract: headers, an early first chunk, pings while the upstream works,
-    a final chunk whose image decodes, then ``[DONE]``."""
+    """The streaming contract: headers, the processing chunk first, pings while the upstream
+    works, a final chunk whose image decodes, then ``[DONE]``. Only orderings and bounds that a
+    loaded machine cannot break are checked here; exact timing is tested on fake loop time
+    (``tests/asgi/test_sse.py``)."""
     assert stream.headers["content-type"] == "text/event-stream"
     assert "content-length" not in stream.headers
     assert "content-encoding" not in stream.headers
     first_at, first = stream.frames[0]
     assert json.loads(first.removeprefix(b"data: "))["status"] == "processing"
-    assert first_at < latency / 2, first_at  # well before the upstream answers
+    assert first_at <= stream.frames[1][0]  # first on the wire, pings next
     pings = sum(1 for _, frame in stream.frames if frame == b": ping")
     expected = round(latency / interval)  # one per silent interval; a slow machine loses some
-    assert expected - 3 <= pings <= expected + 1, (pings, expected)
+    assert 1 <= pings <= expected + 1, (pings, expected)
     done_at, done = stream.frames[-1]
     assert done == b"data: [DONE]"
     assert done_at >= latency

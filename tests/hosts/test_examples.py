@@ -13,7 +13,7 @@ import pytest
 from examples import fastapi_app, starlette_app
 from examples.django_project import asgi as django_asgi
 from mesh_images_asgi import Settings
-from mesh_images_asgi._asgi import ASGIApp
+from mesh_images_asgi._core.asgi import ASGIApp
 from tests.hosts.support import (
     GEN,
     ORIGIN,

@@ -16,8 +16,8 @@ from asgi_lifespan import LifespanManager
 from examples import fastapi_app, starlette_app
 from examples.django_project import asgi as django_asgi
 from mesh_images_asgi import ImagesApp, ImagesMiddleware, Settings
-from mesh_images_asgi._asgi import ASGIApp, Message, Receive, Scope, Send
-from mesh_images_asgi.transport import UpstreamClient
+from mesh_images_asgi._core.asgi import ASGIApp, Message, Receive, Scope, Send
+from mesh_images_asgi._upstream.client import UpstreamClient
 from tests.emulators.openai import OpenAIEmulator
 from tests.hosts.support import GEN
 from tests.support.live import serve_process
@@ -172,7 +172,7 @@ async def test_our_startup_failure_fails_the_servers_startup(
     def broken(settings: Settings) -> httpx.AsyncClient:
         raise RuntimeError("no client today")
 
-    monkeypatch.setattr("mesh_images_asgi.app.create_upstream_client", broken)
+    monkeypatch.setattr("mesh_images_asgi._asgi.app.create_upstream_client", broken)
     host = RecordingHost(lambda event: None)
     server = FakeServer()
     await server.run(ImagesMiddleware(host, SETTINGS), {"type": "lifespan"})

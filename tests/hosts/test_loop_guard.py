@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from mesh_images_asgi._loop_guard import LoopGuard
+from mesh_images_asgi._asgi.loop_guard import LoopGuard
 
 
 class Resource:

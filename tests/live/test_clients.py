@@ -19,7 +19,7 @@ from meshapi import AsyncMeshAPI, ImageGenerationParams, MeshAPI
 from openai import AsyncOpenAI, OpenAI
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._asgi import Receive, Scope, Send
+from mesh_images_asgi._core.asgi import Receive, Scope, Send
 from mesh_images_asgi.main import create_app
 from tests.emulators.openai import OpenAIEmulator, StreamError
 from tests.helpers import decode_image

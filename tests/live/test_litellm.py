@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mesh_images_asgi import Settings
-from mesh_images_asgi._asgi import Message, Receive, Scope, Send
+from mesh_images_asgi._core.asgi import Message, Receive, Scope, Send
 from mesh_images_asgi.main import create_app
 from tests.helpers import decode_image
 from tests.support.live import serve

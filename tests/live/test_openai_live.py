@@ -20,11 +20,11 @@ from meshapi import ImageGenerationParams, MeshAPI, MeshAPIError
 from openai import OpenAI
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.aiohttp_transport import AiohttpUpstream
-from mesh_images_asgi.errors import GatewayError, GatewayTimeout, UpstreamError
-from mesh_images_asgi.providers.base import PartialImage
+from mesh_images_asgi._core.errors import GatewayError, GatewayTimeout, UpstreamError
+from mesh_images_asgi._domain.jobs import PartialImage
+from mesh_images_asgi._upstream.aiohttp import AiohttpUpstream
+from mesh_images_asgi._upstream.client import HttpxUpstream, UpstreamClient
 from mesh_images_asgi.providers.openai import OpenAIProvider
-from mesh_images_asgi.transport import HttpxUpstream, UpstreamClient
 from tests.emulators.openai import (
     ErrorReply,
     Fault,
@@ -544,4 +544,4 @@ async def test_native_streaming_on_both_transports(
     assert [partial.index for partial in partials] == [0, 0]
     assert len(result.images) == 2
     assert result.usage is not None
-    assert result.usage["completion_tokens"] == 2 * 1056
+    assert result.usage.completion_tokens == 2 * 1056

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from mesh_images_asgi.errors import UpstreamError
+from mesh_images_asgi._core.errors import UpstreamError
 from mesh_images_asgi.providers._http import checked_base64
 
 

@@ -9,10 +9,10 @@ import anyio
 import pytest
 from PIL import ImageChops
 
-from mesh_images_asgi.catalog import load_catalog
-from mesh_images_asgi.providers.base import GenerationJob
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.jobs import GenerationJob
+from mesh_images_asgi._domain.schemas import ImageRequest
 from mesh_images_asgi.providers.local import LocalProvider, render_image
-from mesh_images_asgi.schemas import ImageRequest
 from tests.helpers import decode_image
 
 

@@ -11,9 +11,8 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from mesh_images_asgi.catalog import load_catalog
-from mesh_images_asgi.config import Settings
-from mesh_images_asgi.errors import (
+from mesh_images_asgi._config import Settings
+from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
     GatewayError,
     GatewayTimeout,
@@ -22,16 +21,18 @@ from mesh_images_asgi.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from mesh_images_asgi.providers.base import (
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.jobs import (
     GeneratedImage,
     GenerationJob,
     PartialImage,
     ProviderResult,
 )
+from mesh_images_asgi._domain.schemas import parse_request
+from mesh_images_asgi._domain.usage import Usage
+from mesh_images_asgi._routing.service import ImageService
 from mesh_images_asgi.providers.openai import OpenAIProvider
 from mesh_images_asgi.providers.registry import build_providers
-from mesh_images_asgi.schemas import parse_request
-from mesh_images_asgi.service import ImageService
 
 KEY = "sk-test-0123456789abcdef"
 URL = "https://api.test/v1/images/generations"
@@ -172,13 +173,15 @@ async def test_maps_the_response() -> None:
         background="transparent",
         quality="high",
         size="1536x1024",
-        usage={
-            "prompt_tokens": 50,
-            "completion_tokens": 60,
-            "total_tokens": 110,
-            "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
-            "output_tokens_details": {"image_tokens": 60, "text_tokens": 0},
-        },
+        usage=Usage(
+            prompt_tokens=50,
+            completion_tokens=60,
+            total_tokens=110,
+            details={
+                "input_tokens_details": {"text_tokens": 10, "image_tokens": 40},
+                "output_tokens_details": {"image_tokens": 60, "text_tokens": 0},
+            },
+        ),
     )
 
 
@@ -189,13 +192,13 @@ async def test_maps_the_response() -> None:
         (None, None),
         (
             {"input_tokens": 3, "output_tokens": 4},
-            {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7),
         ),
         ({"total_tokens": 9}, None),
     ],
 )
 async def test_usage_appears_only_when_the_upstream_counted(
-    usage: dict[str, Any] | None, expected: dict[str, Any] | None
+    usage: dict[str, Any] | None, expected: Usage | None
 ) -> None:
     body = {"created": 1, "data": [{"b64_json": "AAAA"}], "usage": usage}
     result = await generate(answer(body), {"model": "openai/gpt-image-2", "prompt": "a"})
@@ -472,12 +475,12 @@ async def test_streams_partials_then_the_completed_images() -> None:
         background="opaque",
         quality="high",
         size="1024x1024",
-        usage={
-            "prompt_tokens": 20,
-            "completion_tokens": 300,
-            "total_tokens": 320,
-            "input_tokens_details": {"text_tokens": 20, "image_tokens": 0},
-        },
+        usage=Usage(
+            prompt_tokens=20,
+            completion_tokens=300,
+            total_tokens=320,
+            details={"input_tokens_details": {"text_tokens": 20, "image_tokens": 0}},
+        ),
     )
 
 

@@ -14,9 +14,8 @@ import google.auth.exceptions
 import httpx
 import pytest
 
-from mesh_images_asgi.catalog import Catalog, ModelEntry, load_catalog, parse_wxh
-from mesh_images_asgi.config import ConfigError, Settings
-from mesh_images_asgi.errors import (
+from mesh_images_asgi._config import ConfigError, Settings
+from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
     GatewayError,
     InvalidRequest,
@@ -24,11 +23,13 @@ from mesh_images_asgi.errors import (
     UpstreamError,
     UpstreamRateLimited,
 )
-from mesh_images_asgi.providers.base import GenerationJob, ProviderResult
+from mesh_images_asgi._domain.catalog import Catalog, ModelEntry, load_catalog, parse_wxh
+from mesh_images_asgi._domain.jobs import GenerationJob, ProviderResult
+from mesh_images_asgi._domain.schemas import ImageRequest
+from mesh_images_asgi._domain.usage import Usage
+from mesh_images_asgi._routing.service import ImageService
 from mesh_images_asgi.providers.vertex import ApiKeyAuth, VertexProvider, vertex_provider
 from mesh_images_asgi.providers.vertex_wire import BLOCKED_REASONS, size_table
-from mesh_images_asgi.schemas import ImageRequest
-from mesh_images_asgi.service import ImageService
 from tests.emulators.oauth import OAuthEmulator
 
 pytestmark = pytest.mark.anyio
@@ -466,7 +467,7 @@ async def test_gemini_answer_skips_thought_images_and_maps_usage() -> None:
     result = await generate(Upstream(answer), "vertex/gemini-3-pro-image")
     assert [image.b64_json for image in result.images] == [PNG_B64]
     assert result.output_format == "png"
-    assert result.usage == {"prompt_tokens": 9, "completion_tokens": 1290, "total_tokens": 1400}
+    assert result.usage == Usage(prompt_tokens=9, completion_tokens=1290, total_tokens=1400)
 
 
 @pytest.mark.parametrize("reason", sorted(BLOCKED_REASONS))

@@ -12,7 +12,7 @@ import google.auth.credentials
 import google.auth.exceptions
 import pytest
 
-from mesh_images_asgi.errors import GatewayError, UpstreamAuthError, UpstreamError
+from mesh_images_asgi._core.errors import GatewayError, UpstreamAuthError, UpstreamError
 from mesh_images_asgi.providers.vertex_auth import REFRESH_MARGIN, TokenAuth
 
 pytestmark = pytest.mark.anyio

@@ -22,7 +22,7 @@ SUITE_SECRETS = (
     "sk-emulator-0123456789abcdef",  # tests/emulators/openai.py: the emulator's key
     "sk-test-0123456789abcdef",  # tests/providers/test_openai.py
     "sk-proj-abcdefghijklmnopqrstuvwxyz0123",  # the emulator's invalid_api_key() echo
-    "sk-1234567890abcdef",  # tests/test_app.py: an exception the app logs
+    "sk-1234567890abcdef",  # tests/asgi/test_app.py: an exception the app logs
     "ya29.a0AfB_secret_token_value",  # tests/providers/test_vertex.py
     "ya29.emu-",  # tests/emulators/oauth.py: prefix of every access token it issues
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from mesh_images_asgi._asgi import ASGIApp
+from mesh_images_asgi._core.asgi import ASGIApp
 
 __all__ = ["Process", "serve", "serve_granian", "serve_hypercorn", "serve_process"]
 

@@ -11,14 +11,15 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi.catalog import load_catalog
-from mesh_images_asgi.providers.base import (
+from mesh_images_asgi._domain.catalog import load_catalog
+from mesh_images_asgi._domain.jobs import (
     GeneratedImage,
     GenerationJob,
     PartialSink,
     Provider,
     ProviderResult,
 )
+from mesh_images_asgi._domain.usage import Usage
 from mesh_images_asgi.providers.local import LocalProvider
 from tests.helpers import client_for
 
@@ -29,7 +30,7 @@ IMAGE_B64 = "aW1hZ2U="
 Step = ProviderResult | Exception | Callable[[GenerationJob], Awaitable[ProviderResult]]
 
 
-def result(n: int = 1, usage: dict[str, Any] | None = None) -> ProviderResult:
+def result(n: int = 1, usage: Usage | None = None) -> ProviderResult:
     return ProviderResult(
         images=[GeneratedImage(b64_json=IMAGE_B64) for _ in range(n)], created=1, usage=usage
     )

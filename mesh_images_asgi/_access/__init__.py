@@ -1,0 +1,1 @@
+"""Who may call: gateway keys and rate limits."""

@@ -1,0 +1,1 @@
+"""Observability: the outcome record, the observer, metrics, spans, the access log."""

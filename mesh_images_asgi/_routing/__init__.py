@@ -1,0 +1,1 @@
+"""Routing and resilience: the service, the router, breakers, bulkheads, BYOK."""

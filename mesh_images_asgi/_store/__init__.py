@@ -1,0 +1,1 @@
+"""The image store: the interface, the embedded and S3 stores, the factory."""
