@@ -23,12 +23,14 @@ from mesh_images_asgi._asgi.cors import with_cors
 from mesh_images_asgi._asgi.dialects import model_dialect, stream_dialect
 from mesh_images_asgi._asgi.disconnect import call_until_disconnect
 from mesh_images_asgi._asgi.edit_request import read_edit
+from mesh_images_asgi._asgi.error_response import send_error
 from mesh_images_asgi._asgi.form import FormLimits
 from mesh_images_asgi._asgi.hosted import request_base, serve_hosted
 from mesh_images_asgi._asgi.inflight import InFlight
 from mesh_images_asgi._asgi.loop_guard import LoopGuard
 from mesh_images_asgi._asgi.model_views import model_list, model_object
 from mesh_images_asgi._asgi.openapi import OPENAPI_PATH, openapi_bytes
+from mesh_images_asgi._asgi.playground import PAGE_PATHS, PlaygroundApp
 from mesh_images_asgi._asgi.request_id import request_id_from_header
 from mesh_images_asgi._asgi.responses import images_response
 from mesh_images_asgi._asgi.sse import stream_generation
@@ -159,18 +161,6 @@ def _shutting_down() -> ProviderNotAvailable:
     )
 
 
-async def _send_error(send: Send, error: GatewayError, request_id: str) -> int:
-    body = error.envelope(request_id)
-    await send_bytes(
-        send,
-        error.status,
-        body,
-        _JSON,
-        [(b"x-request-id", request_id.encode()), *error.response_headers()],
-    )
-    return len(body)
-
-
 class ImagesApp:
     """The images API as a pure ASGI app.
 
@@ -196,6 +186,9 @@ class ImagesApp:
     * **metrics_route** - also serve ``GET /metrics`` (the standalone server does).
     * **cors** - answer CORS for ``Settings.cors_origins`` (``MESH_IMAGES_CORS_ORIGINS``; the
       standalone server does; see ``_asgi/cors.py``).
+    * **playground** - also serve the playground page at ``GET /`` (its files beside it; the
+      standalone server does, ``mesh-images serve --no-playground`` turns it off; see
+      ``_asgi/playground.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
     * **store** - the image store for ``url`` answers; by default the one ``MESH_IMAGES_STORE``
@@ -204,7 +197,8 @@ class ImagesApp:
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
     ``/openapi.json``, ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
-    ``admin`` scope) and the hosted images (their signed URL is the credential) asks for one (see
+    ``admin`` scope), the hosted images (their signed URL is the credential) and the
+    playground's files asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -226,6 +220,7 @@ class ImagesApp:
         metrics: Metrics | None = None,
         metrics_route: bool = False,
         cors: bool = False,
+        playground: bool = False,
         tracer_provider: TracerProvider | None = None,
         store: ImageStore | None = None,
     ) -> None:
@@ -271,6 +266,10 @@ class ImagesApp:
             )
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+        self._playground = PlaygroundApp() if playground else None
+        if playground:
+            for path in ("", *PAGE_PATHS):
+                self._routes[path] = {"GET": ImagesApp._page, "HEAD": ImagesApp._page}
         self._entry: ASGIApp = self._http
         if cors and self.settings.cors_origins:
             self._entry = with_cors(self._http, self.settings.cors_origins)
@@ -403,11 +402,11 @@ class ImagesApp:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
             outcome.failed(error)
-            outcome.bytes = await _send_error(send, error, request_id)
+            outcome.bytes = await send_error(send, error, request_id)
         except Exception:
             outcome.fail(500, "internal_error")
             logger.exception("mesh-images: unhandled error in request %s", request_id)
-            outcome.bytes = await _send_error(send, InternalError("Internal error."), request_id)
+            outcome.bytes = await send_error(send, InternalError("Internal error."), request_id)
         except BaseException:  # cancelled by the server or the host
             outcome.fail(CLIENT_CLOSED, "cancelled")
             raise
@@ -602,6 +601,10 @@ class ImagesApp:
             raise NotFound(f"No route for {scope['path']!r}.")
         path = route_path(scope)
         outcome.bytes = await serve_hosted(store, path, scope, receive, send, outcome.request_id)
+
+    async def _page(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        assert self._playground is not None  # the route exists only with it
+        await self._playground.respond(scope, send, request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
