@@ -602,9 +602,9 @@ class ImagesApp:
         path = route_path(scope)
         outcome.bytes = await serve_hosted(store, path, scope, receive, send, outcome.request_id)
 
-    async def _page(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _page(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         assert self._playground is not None  # the route exists only with it
-        await self._playground.respond(scope, send, request_id)
+        await self._playground.respond(scope, send, outcome.request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
