@@ -1,8 +1,9 @@
 """A base install (no extras) must serve: run in a fresh virtualenv with only `pip install .`.
 
 Mounts ImagesMiddleware in front of a plain ASGI host app, then over httpx's in-process transport:
-one local generation, one error in the contract's envelope, the host's own route untouched, and
-the standalone app's GET /metrics. Exits non-zero on the first thing that is wrong.
+one local generation, one error in the contract's envelope, the host's own route untouched, the
+standalone app's GET /metrics, and the playground's files (package data of the installed wheel).
+Exits non-zero on the first thing that is wrong.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ async def main() -> None:
         )
         other = await client.get("/elsewhere")
         check(other.text == "host", "the host's own route is untouched")
-    standalone = ImagesApp(settings, health=True, metrics_route=True)
+    standalone = ImagesApp(settings, health=True, metrics_route=True, playground=True)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=standalone), base_url="http://smoke"
     ) as client:
@@ -71,6 +72,12 @@ async def main() -> None:
             metrics.status_code == 200 and "mesh_images_requests_total" in metrics.text,
             "GET /metrics counts the request",
         )
+        for path in ("/", "/playground.js", "/playground.css", "/vendor/eventsource-parser.js"):
+            page = await client.get(path)
+            check(
+                page.status_code == 200 and len(page.content) > 100,
+                f"the playground's {path} is served ({page.status_code})",
+            )
     await standalone.aclose()
     await wrapped.images.aclose()
 

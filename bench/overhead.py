@@ -10,6 +10,9 @@ Paths, all against one instant OpenAI-shaped upstream (``bench/upstream.py``) on
     forwarder (pyreqwest), forwarder (httpx-aiohttp), forwarder (httpx)
                the same forwarder on the other candidate upstream clients (the ``bench`` extra)
     litellm    LiteLLM's proxy from its own virtual environment (``bench/.litellm``), if present
+    gateway (baseline)
+               with ``--baseline DIR``: the gateway from another checkout of this repository
+               (``git worktree add DIR REV``), in the same run, to compare two revisions
 
 Load comes from ``wrk`` (Debian's package), fixed concurrency and duration, paths interleaved in
 every round, medians over the rounds. A second part, ``payload``, sends answers of 4 images of
@@ -68,10 +71,10 @@ def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float) -> No
 
 @contextmanager
 def running(
-    cmd: list[str], port: int, env: dict[str, str], seconds: float = 30
+    cmd: list[str], port: int, env: dict[str, str], seconds: float = 30, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd
     )
     try:
         wait_port(port, process, seconds)
@@ -163,6 +166,13 @@ def gateway_cmd(port: int) -> list[str]:
     return [str(BIN / "mesh-images"), "serve", "--port", str(port), "--log-level", "warning"]
 
 
+def baseline_cmd(port: int) -> list[str]:
+    """The gateway of the checkout it is started in (its working directory comes first on the
+    module path, before this one's editable install)."""
+    command = [sys.executable, "-m", "mesh_images_asgi.cli", "serve", "--port", str(port)]
+    return [*command, "--log-level", "warning"]
+
+
 def forwarder_cmd(app: str, port: int) -> list[str]:
     command = [str(BIN / "uvicorn"), f"bench.forwarder:{app}", "--port", str(port)]
     return [*command, "--log-level", "warning", "--no-access-log"]
@@ -209,6 +219,19 @@ def overhead(args: argparse.Namespace) -> str:
             running([sys.executable, str(HERE / "upstream.py"), "--port", str(up)], up, {})
         )
         stack.enter_context(running(gateway_cmd(gw), gw, gateway_env(up)))
+        if args.baseline:
+            bl = free_port()
+            baseline = Path(args.baseline).resolve()
+            stack.enter_context(running(baseline_cmd(bl), bl, gateway_env(up), cwd=baseline))
+            paths.insert(
+                2,
+                Path_(
+                    "gateway (baseline)",
+                    f"http://127.0.0.1:{bl}/v1/images/generations",
+                    gateway_body,
+                    {},
+                ),
+            )
         for app, port in forwarders.values():
             stack.enter_context(running(forwarder_cmd(app, port), port, forwarder_env))
         litellm_up = stack.enter_context(litellm_proxy(ll, up))
@@ -425,6 +448,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=["overhead", "payload"])
     parser.add_argument("--write", metavar="FILE", help="also write the tables into FILE")
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="also measure the gateway of the checkout in DIR"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")

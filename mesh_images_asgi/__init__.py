@@ -3,7 +3,8 @@
 The public surface, all of it importable from here:
 
 - the ASGI pieces: ``ImagesApp`` (a pure ASGI app), ``ImagesMiddleware`` (wraps your app),
-  ``Settings`` (configuration), ``Metrics`` (an app's Prometheus series);
+  ``PlaygroundApp`` (the playground page, to mount), ``Settings`` (configuration), ``Metrics``
+  (an app's Prometheus series);
 - the provider interface, to serve models of your own (``docs/providers.md``, "Your own
   provider"): ``Provider``, ``GenerationJob``, ``ProviderResult``, ``GeneratedImage``,
   ``PartialImage``, ``PartialSink``, ``Usage``;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from mesh_images_asgi._asgi.app import ImagesApp
 from mesh_images_asgi._asgi.middleware import ImagesMiddleware
+from mesh_images_asgi._asgi.playground import PlaygroundApp
 from mesh_images_asgi._config import Settings
 from mesh_images_asgi._core.errors import (
     ContentPolicyViolation,
@@ -48,6 +50,7 @@ __all__ = [
     "Metrics",
     "PartialImage",
     "PartialSink",
+    "PlaygroundApp",
     "Provider",
     "ProviderResult",
     "Settings",

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         help="log level (default: MESH_IMAGES_LOG_LEVEL or info)",
     )
     serve.add_argument(
+        "--no-playground",
+        action="store_true",
+        help="do not serve the playground page at / (docs/playground.md)",
+    )
+    serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback --host with no gateway keys configured (anyone can spend)",
@@ -188,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mesh_images_asgi._asgi.server import DrainingServer
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, playground=not args.no_playground)
     except ConfigError as exc:  # e.g. CORS asked for without Starlette installed
         print(f"mesh-images: {exc}", file=sys.stderr)
         return 2

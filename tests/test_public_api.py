@@ -17,6 +17,7 @@ PUBLIC = [
     "Metrics",
     "PartialImage",
     "PartialSink",
+    "PlaygroundApp",
     "Provider",
     "ProviderResult",
     "Settings",

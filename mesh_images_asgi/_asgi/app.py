@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs
 
 import httpx
-import orjson
 
 from mesh_images_asgi._access.keys import (
     ADMIN,
@@ -30,6 +29,7 @@ from mesh_images_asgi._asgi.cors import with_cors
 from mesh_images_asgi._asgi.dialects import model_dialect, stream_dialect
 from mesh_images_asgi._asgi.disconnect import call_until_disconnect
 from mesh_images_asgi._asgi.edit_request import read_edit
+from mesh_images_asgi._asgi.error_response import send_error
 from mesh_images_asgi._asgi.form import FormLimits
 from mesh_images_asgi._asgi.hosted import request_base, serve_hosted
 from mesh_images_asgi._asgi.inflight import InFlight
@@ -37,8 +37,10 @@ from mesh_images_asgi._asgi.job_routes import JobRoutes
 from mesh_images_asgi._asgi.loop_guard import LoopGuard
 from mesh_images_asgi._asgi.model_views import model_list, model_object
 from mesh_images_asgi._asgi.openapi import OPENAPI_PATH, openapi_bytes
+from mesh_images_asgi._asgi.playground import PAGE_PATHS, PlaygroundApp
 from mesh_images_asgi._asgi.request_id import request_id_from_header
 from mesh_images_asgi._asgi.responses import images_response
+from mesh_images_asgi._asgi.responses import send_json as _send_json
 from mesh_images_asgi._asgi.sse import stream_generation
 from mesh_images_asgi._config import Settings
 from mesh_images_asgi._core.asgi import (
@@ -70,7 +72,7 @@ from mesh_images_asgi._domain.schemas import ImageRequest, parse_request
 from mesh_images_asgi._observe.job_metrics import JobMetrics
 from mesh_images_asgi._observe.metrics import Metrics
 from mesh_images_asgi._observe.observer import Observer
-from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome, current_outcome
+from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome
 from mesh_images_asgi._observe.redact import install_log_redaction, register_secret
 from mesh_images_asgi._observe.tracing import Tracing
 from mesh_images_asgi._routing.byok import read_client_keys
@@ -113,24 +115,10 @@ METRICS_PATH = "/metrics"
 HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
 """The embedded image store's images (the route's name in metrics and logs)."""
 
-Handler = Callable[["ImagesApp", Scope, Receive, Send, str], Awaitable[None]]
+Handler = Callable[["ImagesApp", Scope, Receive, Send, Outcome], Awaitable[None]]
 Reader = Callable[[Scope, Receive], Awaitable[tuple[ImageRequest, EditInputs | None]]]
 """Reads one request form: a generation's JSON, or an edit's form or JSON and its images."""
 _JSON = b"application/json"
-
-
-async def _send_json(
-    send: Send,
-    status: int,
-    payload: Mapping[str, Any],
-    request_id: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> int:
-    body = orjson.dumps(payload)
-    await send_bytes(
-        send, status, body, _JSON, [(b"x-request-id", request_id.encode()), *(headers or [])]
-    )
-    return len(body)
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
@@ -171,18 +159,6 @@ def _shutting_down() -> ProviderNotAvailable:
     )
 
 
-async def _send_error(send: Send, error: GatewayError, request_id: str) -> int:
-    body = error.envelope(request_id)
-    await send_bytes(
-        send,
-        error.status,
-        body,
-        _JSON,
-        [(b"x-request-id", request_id.encode()), *error.response_headers()],
-    )
-    return len(body)
-
-
 class ImagesApp:
     """The images API as a pure ASGI app.
 
@@ -208,6 +184,9 @@ class ImagesApp:
     * **metrics_route** - also serve ``GET /metrics`` (the standalone server does).
     * **cors** - answer CORS for ``Settings.cors_origins`` (``MESH_IMAGES_CORS_ORIGINS``; the
       standalone server does; see ``_asgi/cors.py``).
+    * **playground** - also serve the playground page at ``GET /`` (its files beside it; the
+      standalone server does, ``mesh-images serve --no-playground`` turns it off; see
+      ``_asgi/playground.py``).
     * **tracer_provider** - an OpenTelemetry tracer provider for this app's spans; by default the
       global one, when one is set (``MESH_IMAGES_OTEL``; see ``docs/operations.md``).
     * **store** - the image store for ``url`` answers; by default the one ``MESH_IMAGES_STORE``
@@ -218,7 +197,8 @@ class ImagesApp:
 
     With gateway keys configured (``Settings.api_keys``), every route but ``/healthz``,
     ``/openapi.json``, ``/metrics`` (unless ``MESH_IMAGES_METRICS_AUTH``: then a key with the
-    ``admin`` scope) and the hosted images (their signed URL is the credential) asks for one (see
+    ``admin`` scope), the hosted images (their signed URL is the credential) and the
+    playground's files asks for one (see
     ``docs/security.md``). Metrics, the access log, tracing and cost: ``docs/operations.md``.
 
     Resources are created at lifespan startup (or ``async with app:`` in a host's lifespan, for a
@@ -240,6 +220,7 @@ class ImagesApp:
         metrics: Metrics | None = None,
         metrics_route: bool = False,
         cors: bool = False,
+        playground: bool = False,
         tracer_provider: TracerProvider | None = None,
         store: ImageStore | None = None,
         jobs: JobQueue | None = None,
@@ -292,6 +273,10 @@ class ImagesApp:
             )
         if metrics_route:
             self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+        self._playground = PlaygroundApp() if playground else None
+        if playground:
+            for path in ("", *PAGE_PATHS):
+                self._routes[path] = {"GET": ImagesApp._page, "HEAD": ImagesApp._page}
         self._entry: ASGIApp = self._http
         if cors and self.settings.cors_origins:
             self._entry = with_cors(self._http, self.settings.cors_origins)
@@ -422,16 +407,16 @@ class ImagesApp:
         route = self.route(path)
         outcome = self._observer.start(scope, route or path, request_id)
         try:
-            await self._dispatch(scope, route, receive, send, request_id)
+            await self._dispatch(scope, route, receive, send, outcome)
         except ClientDisconnected:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         except GatewayError as error:
             outcome.failed(error)
-            outcome.bytes = await _send_error(send, error, request_id)
+            outcome.bytes = await send_error(send, error, request_id)
         except Exception:
             outcome.fail(500, "internal_error")
             logger.exception("mesh-images: unhandled error in request %s", request_id)
-            outcome.bytes = await _send_error(send, InternalError("Internal error."), request_id)
+            outcome.bytes = await send_error(send, InternalError("Internal error."), request_id)
         except BaseException:  # cancelled by the server or the host
             outcome.fail(CLIENT_CLOSED, "cancelled")
             raise
@@ -439,7 +424,7 @@ class ImagesApp:
             self._observer.finish(outcome)
 
     async def _dispatch(
-        self, scope: Scope, route: str | None, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, route: str | None, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         methods = None if route is None else self._routes.get(route)
         if methods is None:
@@ -449,20 +434,20 @@ class ImagesApp:
             raise MethodNotAllowed(scope["method"], sorted(methods))
         if scope["method"] == "HEAD":
             send = _without_body(send)
-        await handler(self, scope, receive, send, request_id)
+        await handler(self, scope, receive, send, outcome)
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        await self._serve(scope, receive, send, request_id, self._read_generation)
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        await self._serve(scope, receive, send, outcome, self._read_generation)
 
-    async def _edit(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _edit(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         """An edit: the same path as a generation, with the images of either request form."""
-        await self._serve(scope, receive, send, request_id, self._read_edit)
+        await self._serve(scope, receive, send, outcome, self._read_edit)
 
     async def _variations(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         """Served as an edit by the models that declare ``variations``; else a clear error."""
-        await self._serve(scope, receive, send, request_id, self._read_variation)
+        await self._serve(scope, receive, send, outcome, self._read_variation)
 
     def check_open(self) -> None:
         """503 ``provider_not_available`` while draining: no new generation, no new job."""
@@ -470,28 +455,30 @@ class ImagesApp:
             raise _shutting_down()
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, read: Reader
     ) -> None:
         self.check_open()
         with self._inflight.track(send) as tracked:
-            await self._serve_generation(scope, receive, tracked.send, request_id, read)
+            await self._serve_generation(scope, receive, tracked.send, outcome, read)
         if tracked.cut and not tracked.started:
             raise _shutting_down()
 
-    async def admit(self, scope: Scope, send: Send) -> tuple[GatewayKey | None, Send]:
+    async def admit(
+        self, scope: Scope, send: Send, outcome: Outcome
+    ) -> tuple[GatewayKey | None, Send]:
         """The caller's key and its rate limits (their headers added to ``send``): the cheap
         refusals, before a byte of the body is read."""
         key = self._keys.authenticate(scope)
         if key is not None:
-            current_outcome().key = key.label
+            outcome.key = key.label
             send = _with_headers(send, await enforce(self.limiter, key))
         return key, send
 
-    def caller(self, scope: Scope) -> GatewayKey | None:
+    def caller(self, scope: Scope, outcome: Outcome) -> GatewayKey | None:
         """The caller's key (no rate limit taken: reading a job's state is free)."""
         key = self._keys.authenticate(scope)
         if key is not None:
-            current_outcome().key = key.label
+            outcome.key = key.label
         return key
 
     def observe_job(self, scope: Scope, route: str, request_id: str) -> Outcome:
@@ -517,6 +504,7 @@ class ImagesApp:
         self,
         request: ImageRequest,
         key: GatewayKey | None,
+        outcome: Outcome,
         inputs: EditInputs | None = None,
         scope: Scope | None = None,
     ) -> Plan:
@@ -529,13 +517,14 @@ class ImagesApp:
             allow=allowed_models(key),
             inputs=inputs,
         )
-        current_outcome().planned(plan.job)
+        outcome.planned(plan.job)
         authorize(key, plan.job.entry, request.n)
         return plan
 
-    def answer(self, routed: Routed) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+    def answer(
+        self, routed: Routed, outcome: Outcome
+    ) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
         """A served generation's response body and headers (a job's ``result`` is the body)."""
-        outcome = current_outcome()
         body = images_response(routed.job, routed.result)
         headers = [
             *routed.routing.headers(),
@@ -581,42 +570,40 @@ class ImagesApp:
         return request, inputs
 
     async def _serve_generation(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, read: Reader
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, read: Reader
     ) -> None:
-        outcome = current_outcome()
-        key, send = await self.admit(scope, send)
+        request_id = outcome.request_id
+        key, send = await self.admit(scope, send, outcome)
         request, inputs = await read(scope, receive)
         dialect = stream_dialect(scope) if request.stream else None
         if dialect == "openai" and "response_format" not in request.model_fields_set:
             # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
             request = request.model_copy(update={"response_format": "b64_json"})
         self.set_request_base(request_base(scope))
-        plan = self.plan(request, key, inputs, scope)
+        plan = self.plan(request, key, outcome, inputs, scope)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         service = self.service
         if dialect is not None:
-            await stream_generation(
-                service, plan, receive, send, request_id, self.settings, dialect
-            )
+            await stream_generation(service, plan, receive, send, outcome, self.settings, dialect)
             return
         routed = await call_until_disconnect(receive, lambda: service.generate(plan))
         if routed is None:
             outcome.fail(CLIENT_CLOSED, "client_disconnected")
         else:
-            body, headers = self.answer(routed)
+            body, headers = self.answer(routed, outcome)
             outcome.bytes = await _send_json(send, 200, body, request_id, headers)
 
-    def _visible_models(self, scope: Scope) -> list[ModelEntry]:
+    def _visible_models(self, scope: Scope, outcome: Outcome) -> list[ModelEntry]:
         """The models this caller may see: enabled providers, and those its key may use."""
         key = self._keys.authenticate(scope)
         entries = self.service.enabled_models()
         if key is not None:
-            current_outcome().key = key.label
+            outcome.key = key.label
             entries = [entry for entry in entries if key.allows(entry)]
         return entries
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        entries = self._visible_models(scope)
+    async def _models(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        entries = self._visible_models(scope, outcome)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if query.get("include_retired", ["false"])[-1].lower() not in {"true", "1"}:
             entries = [entry for entry in entries if entry.status != "retired"]
@@ -627,11 +614,11 @@ class ImagesApp:
         if providers:
             entries = [entry for entry in entries if entry.provider in providers]
         body = model_list(entries, self.service.created, model_dialect(scope))
-        current_outcome().bytes = await _send_json(send, 200, body, request_id)
+        outcome.bytes = await _send_json(send, 200, body, outcome.request_id)
 
-    async def _model(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _model(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         name = route_path(scope)[len(MODELS_PATH) + 1 :]
-        entries = {entry.id: entry for entry in self._visible_models(scope)}
+        entries = {entry.id: entry for entry in self._visible_models(scope, outcome)}
         try:
             entry = entries.get(self.service.catalog.resolve(name).id)
         except ModelNotFound:
@@ -641,14 +628,14 @@ class ImagesApp:
                 f"Model {name!r} is not served here. GET /v1/models lists the models served here."
             )
         body = model_object(entry, self.service.created, model_dialect(scope))
-        current_outcome().bytes = await _send_json(send, 200, body, request_id)
+        outcome.bytes = await _send_json(send, 200, body, outcome.request_id)
 
-    async def _health(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _health(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         if self._inflight.draining:  # load balancers stop sending while we drain
             raise _shutting_down()
-        await _send_json(send, 200, {"status": "ok"}, request_id)
+        await _send_json(send, 200, {"status": "ok"}, outcome.request_id)
 
-    async def _ready(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _ready(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         """200 once the app's resources exist and while it is not draining; 503 otherwise.
 
         Servers answer no request before lifespan startup completes; with no lifespan, the
@@ -660,28 +647,34 @@ class ImagesApp:
         except Exception:
             logger.exception("mesh-images: the app could not start")
             raise ServiceUnavailable("This gateway could not start; see its log.") from None
-        await _send_json(send, 200, {"status": "ready"}, request_id)
+        await _send_json(send, 200, {"status": "ready"}, outcome.request_id)
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         if self.settings.metrics_auth:  # every tenant's series: for an admin only
             require_scope(self._keys.authenticate(scope), ADMIN)
         body, content_type = self.metrics.exposition(
             (get_header(scope, b"accept") or b"").decode("latin-1")
         )
-        await send_bytes(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
+        await send_bytes(
+            send, 200, body, content_type, [(b"x-request-id", outcome.request_id.encode())]
+        )
 
-    async def _openapi(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        headers = [(b"x-request-id", request_id.encode())]
+    async def _openapi(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        headers = [(b"x-request-id", outcome.request_id.encode())]
         await send_bytes(send, 200, self._openapi_body, _JSON, headers)
-        current_outcome().bytes = len(self._openapi_body)
+        outcome.bytes = len(self._openapi_body)
 
-    async def _hosted(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _hosted(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         publisher = self.service.publisher
         store = publisher.store if publisher is not None else None
         if not isinstance(store, EmbeddedStore):
             raise NotFound(f"No route for {scope['path']!r}.")
         path = route_path(scope)
-        current_outcome().bytes = await serve_hosted(store, path, scope, receive, send, request_id)
+        outcome.bytes = await serve_hosted(store, path, scope, receive, send, outcome.request_id)
+
+    async def _page(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        assert self._playground is not None  # the route exists only with it
+        await self._playground.respond(scope, send, outcome.request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -16,11 +16,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import TYPE_CHECKING
 
 from mesh_images_asgi._asgi.hosted import request_base
+from mesh_images_asgi._asgi.responses import send_json
 from mesh_images_asgi._core.asgi import (
     Message,
     Receive,
@@ -28,7 +27,6 @@ from mesh_images_asgi._core.asgi import (
     Send,
     get_header,
     route_path,
-    send_bytes,
 )
 from mesh_images_asgi._core.errors import GatewayError, InternalError, InvalidRequest, NotFound
 from mesh_images_asgi._domain.image_jobs import (
@@ -38,7 +36,7 @@ from mesh_images_asgi._domain.image_jobs import (
     JobRecord,
     new_job_id,
 )
-from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, current_outcome
+from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome
 from mesh_images_asgi._routing.byok import read_client_keys
 from mesh_images_asgi._routing.job_queues import create_job_queue
 from mesh_images_asgi._routing.webhooks import WEBHOOK_HEADER, Webhooks
@@ -100,14 +98,6 @@ def _job_scope(payload: JobPayload) -> Scope:
     }
 
 
-async def _send_json(
-    send: Send, status: int, body: dict[str, Any], request_id: str, *headers: tuple[bytes, bytes]
-) -> int:
-    data = orjson.dumps(body)
-    await send_bytes(send, status, data, _JSON, [(b"x-request-id", request_id.encode()), *headers])
-    return len(data)
-
-
 class JobRoutes:
     """Adds the async routes to ``routes`` and serves them; owns the app's ``JobQueue``."""
 
@@ -155,28 +145,28 @@ class JobRoutes:
 
     # The routes.
 
-    def _handler(self, serve: Callable[[Scope, Send, str], Awaitable[None]]) -> Handler:
+    def _handler(self, serve: Callable[[Scope, Send, Outcome], Awaitable[None]]) -> Handler:
         async def handler(
-            app: ImagesApp, scope: Scope, receive: Receive, send: Send, request_id: str
+            app: ImagesApp, scope: Scope, receive: Receive, send: Send, outcome: Outcome
         ) -> None:
-            await serve(scope, send, request_id)
+            await serve(scope, send, outcome)
 
         return handler
 
     def _submitter(self, path: str) -> Handler:
         async def submit(
-            app: ImagesApp, scope: Scope, receive: Receive, send: Send, request_id: str
+            app: ImagesApp, scope: Scope, receive: Receive, send: Send, outcome: Outcome
         ) -> None:
-            await self._submit(path, scope, receive, send, request_id)
+            await self._submit(path, scope, receive, send, outcome)
 
         return submit
 
     async def _submit(
-        self, path: str, scope: Scope, receive: Receive, send: Send, request_id: str
+        self, path: str, scope: Scope, receive: Receive, send: Send, outcome: Outcome
     ) -> None:
         app = self._app
         app.check_open()
-        key, send = await app.admit(scope, send)
+        key, send = await app.admit(scope, send, outcome)
         webhook = self._webhooks.check(get_header(scope, WEBHOOK_HEADER))
         recorder = _Recorder(receive)
         request, inputs = await app.readers[path](scope, recorder)
@@ -190,44 +180,43 @@ class JobRoutes:
                 "Async jobs run on the gateway's provider credentials: a client's own provider "
                 "key is never stored in a queue. Use the synchronous route with it."
             )
-        plan = app.plan(request, key, inputs)
+        plan = app.plan(request, key, outcome, inputs)
         await self.start()
         record = JobRecord(new_job_id(), plan.job.entry.id, key.label if key else None)
         record.webhook = webhook
         content_type = (get_header(scope, b"content-type") or b"application/json").decode("latin-1")
         body = b"".join(recorder.chunks)
-        payload = JobPayload(path, content_type, body, request_id, request_base(scope))
+        payload = JobPayload(path, content_type, body, outcome.request_id, request_base(scope))
         await self.queue.submit(record, payload)
         app.job_metrics.jobs.labels("queued").inc()
         location = f"{scope.get('root_path', '')}{JOBS_PREFIX}{record.id}".encode()
-        outcome = current_outcome()
         outcome.status, outcome.job = 202, record.id
-        outcome.bytes = await _send_json(
-            send, 202, record.public(), request_id, (b"location", location)
+        outcome.bytes = await send_json(
+            send, 202, record.public(), outcome.request_id, [(b"location", location)]
         )
 
-    async def _owned(self, scope: Scope) -> JobRecord:
+    async def _owned(self, scope: Scope, outcome: Outcome) -> JobRecord:
         """The job of this path, if the caller's key made it; else 404 ``not_found``."""
-        key = self._app.caller(scope)
+        key = self._app.caller(scope, outcome)
         job_id = route_path(scope)[len(JOBS_PREFIX) :]
         record = await self.queue.get(job_id)
         if record is None or record.owner != (key.label if key else None):
             raise NotFound(f"No job {job_id!r} here (unknown, expired, or another key's).")
         return record
 
-    async def _get(self, scope: Scope, send: Send, request_id: str) -> None:
-        record = await self._owned(scope)
-        current_outcome().bytes = await _send_json(send, 200, record.public(), request_id)
+    async def _get(self, scope: Scope, send: Send, outcome: Outcome) -> None:
+        record = await self._owned(scope, outcome)
+        outcome.bytes = await send_json(send, 200, record.public(), outcome.request_id)
 
-    async def _cancel(self, scope: Scope, send: Send, request_id: str) -> None:
-        record = await self._owned(scope)
+    async def _cancel(self, scope: Scope, send: Send, outcome: Outcome) -> None:
+        record = await self._owned(scope, outcome)
         was_done = record.done
         cancelled = await self.queue.cancel(record.id)
         if cancelled is None:
             raise NotFound(f"No job {record.id!r} here (unknown, expired, or another key's).")
         if not was_done and cancelled.status == "cancelled":
             self._app.job_metrics.jobs.labels("cancelled").inc()
-        current_outcome().bytes = await _send_json(send, 200, cancelled.public(), request_id)
+        outcome.bytes = await send_json(send, 200, cancelled.public(), outcome.request_id)
 
     # The runner.
 
@@ -245,8 +234,8 @@ class JobRoutes:
             key = app.key_named(record.owner)
             app.set_request_base(payload.base)
             request, inputs = await app.readers[payload.route](scope, _replay(payload.body))
-            plan = app.plan(request, key, inputs)
-            body, _ = app.answer(await app.service.generate(plan))
+            plan = app.plan(request, key, outcome, inputs)
+            body, _ = app.answer(await app.service.generate(plan), outcome)
             result = JobOutcome("succeeded", body)
         except GatewayError as error:
             outcome.failed(error)

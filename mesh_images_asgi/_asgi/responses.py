@@ -1,13 +1,35 @@
 """Provider results -> the bodies our clients receive (the JSON response, and the body of a Mesh
-stream's final chunk, which is the same object with the chunk's fields added)."""
+stream's final chunk, which is the same object with the chunk's fields added); ``send_json``
+writes a JSON answer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
+from mesh_images_asgi._core.asgi import Send, send_bytes
 from mesh_images_asgi._domain.jobs import GeneratedImage, GenerationJob, ProviderResult
 
-__all__ = ["image_items", "images_response"]
+__all__ = ["image_items", "images_response", "send_json"]
+
+_JSON = b"application/json"
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    payload: Mapping[str, Any],
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> int:
+    """Send ``payload`` as the whole JSON answer, with ``x-request-id``; returns its size."""
+    body = orjson.dumps(payload)
+    await send_bytes(
+        send, status, body, _JSON, [(b"x-request-id", request_id.encode()), *(headers or [])]
+    )
+    return len(body)
 
 
 def _item(image: GeneratedImage, job: GenerationJob, fmt: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from mesh_images_asgi._core.asgi import Message, Receive, Send
 from mesh_images_asgi._core.cancel import CancelScope
 from mesh_images_asgi._core.errors import GatewayError, InternalError, ProviderNotAvailable
 from mesh_images_asgi._domain.jobs import PartialImage
-from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, current_outcome
+from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome
 from mesh_images_asgi._routing.router import Plan
 from mesh_images_asgi._routing.service import ImageService
 
@@ -140,7 +140,7 @@ async def stream_generation(
     plan: Plan,
     receive: Receive,
     send: Send,
-    request_id: str,
+    outcome: Outcome,
     settings: Settings,
     dialect: Dialect = "mesh",
 ) -> None:
@@ -152,7 +152,7 @@ async def stream_generation(
     ``cost_usd`` when the cost is known (``_asgi/stream_events.py``).
     """
     events = stream_events(plan.job, dialect)
-    stream = _Stream(service, plan, request_id, events, receive, send, settings)
+    stream = _Stream(service, plan, outcome, events, receive, send, settings)
     stream.outcome.stream_opened()
     loop = asyncio.get_running_loop()
     with watching():  # the producer's check_client(): one turn for the listener below
@@ -186,7 +186,7 @@ class _Stream:
         self,
         service: ImageService,
         plan: Plan,
-        request_id: str,
+        outcome: Outcome,
         events: StreamEvents,
         receive: Receive,
         send: Send,
@@ -194,10 +194,10 @@ class _Stream:
     ) -> None:
         self.service = service
         self.plan = plan
-        self.request_id = request_id
+        self.request_id = outcome.request_id
         self.events = events
         self.writer = _Writer(send, settings.send_timeout)
-        self.outcome = current_outcome()
+        self.outcome = outcome
         self.mailbox = _Mailbox()
         self.watch = DisconnectWatch(receive)
 

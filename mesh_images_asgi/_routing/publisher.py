@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import binascii
 import logging
-from collections.abc import Awaitable
 from dataclasses import replace
 
 from mesh_images_asgi._core.errors import GatewayError, ImageStoreError
@@ -37,9 +36,8 @@ class Publisher:
     def wants(job: GenerationJob) -> bool:
         return job.request.response_format == "url"
 
-    async def publish(self, run: Awaitable[Routed]) -> Routed:
-        """Await the generation, then store its images: the result with URLs in their place."""
-        routed = await run
+    async def publish(self, routed: Routed) -> Routed:
+        """Store the images of a generation: its result with URLs in their place."""
         result = routed.result
         fmt = result.output_format or routed.job.output_format
         content_type = CONTENT_TYPES.get(fmt, "application/octet-stream")

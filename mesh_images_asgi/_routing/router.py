@@ -62,7 +62,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -304,12 +304,9 @@ class Router:
         self.sleep = sleep
         self.jitter = jitter
 
-    def run(self, plan: Plan, on_partial: PartialSink | None = None) -> Coroutine[Any, Any, Routed]:
-        """Serve ``plan``; raise the ``GatewayError`` that ended it (with its routing record).
-
-        The run's own coroutine (no layer of ``await`` around it): call it in the request's task.
-        """
-        return _Run(self, plan, on_partial).run()
+    async def run(self, plan: Plan, on_partial: PartialSink | None = None) -> Routed:
+        """Serve ``plan``; raise the ``GatewayError`` that ended it (with its routing record)."""
+        return await _Run(self, plan, on_partial).run()
 
 
 class _Stop(Exception):

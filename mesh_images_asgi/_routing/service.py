@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
 
 from mesh_images_asgi._access.keys import forbidden_model
 from mesh_images_asgi._config import Settings
@@ -157,19 +156,13 @@ class ImageService:
         deadline = job.entry.upstream_timeout or self.settings.upstream_timeout
         return Plan(job, deadline, tuple(fallbacks), tuple(skipped))
 
-    def generate(
-        self, plan: Plan, on_partial: PartialSink | None = None
-    ) -> Coroutine[Any, Any, Routed]:
-        """Serve ``plan`` with retries and fallbacks under its deadline (``_routing/router.py``).
-
-        The router's coroutine itself, not one more around it (each layer of ``await`` costs on
-        every request, each time the upstream call suspends and resumes), unless the images are
-        to be hosted: then the publisher stores them once the router is done.
-        """
-        run = self.router.run(plan, on_partial)
+    async def generate(self, plan: Plan, on_partial: PartialSink | None = None) -> Routed:
+        """Serve ``plan`` with retries and fallbacks under its deadline (``_routing/router.py``);
+        when the images are to be hosted, the publisher stores them once the router is done."""
+        routed = await self.router.run(plan, on_partial)
         if self.publisher is None or not self.publisher.wants(plan.job):
-            return run
-        return self.publisher.publish(run)
+            return routed
+        return await self.publisher.publish(routed)
 
     def circuit_states(self) -> list[tuple[str, str]]:
         """Each model's circuit state, for the metrics (``Metrics.bind``)."""

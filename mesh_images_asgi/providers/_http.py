@@ -25,7 +25,7 @@ bad request) and call ``error_for_status`` for everything else.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -187,20 +187,17 @@ async def open_response(
         yield response
 
 
-def send_json(
+async def send_json(
     client: UpstreamClient,
     provider: str,
     url: str,
     payload: Mapping[str, Any] | Body,
     headers: Mapping[str, str],
-) -> Coroutine[Any, Any, Answer]:
+) -> Answer:
     """POST ``payload`` (JSON, or a ready ``Body``) and read the whole answer; transport failures
-    become our errors.
-
-    The client's ``fetch`` coroutine itself, without a layer of ``await`` around it.
-    """
+    become our errors."""
     body = payload if isinstance(payload, Body) else json_body(payload)
-    return client.fetch(provider, url, body.content, _headers(body, headers))
+    return await client.fetch(provider, url, body.content, _headers(body, headers))
 
 
 def _headers(body: Body, headers: Mapping[str, str]) -> dict[str, str]:
