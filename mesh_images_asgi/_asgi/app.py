@@ -9,7 +9,7 @@ envelope with ``x-request-id``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs
 
@@ -31,6 +31,7 @@ from mesh_images_asgi._asgi.disconnect import call_until_disconnect
 from mesh_images_asgi._asgi.edit_request import read_edit
 from mesh_images_asgi._asgi.error_response import send_error
 from mesh_images_asgi._asgi.form import FormLimits
+from mesh_images_asgi._asgi.handler import Handler, Reader
 from mesh_images_asgi._asgi.hosted import request_base, serve_hosted
 from mesh_images_asgi._asgi.inflight import InFlight
 from mesh_images_asgi._asgi.job_routes import JobRoutes
@@ -115,9 +116,6 @@ METRICS_PATH = "/metrics"
 HOSTED_ROUTE = HOSTED_PREFIX + "{name}"
 """The embedded image store's images (the route's name in metrics and logs)."""
 
-Handler = Callable[["ImagesApp", Scope, Receive, Send, Outcome], Awaitable[None]]
-Reader = Callable[[Scope, Receive], Awaitable[tuple[ImageRequest, EditInputs | None]]]
-"""Reads one request form: a generation's JSON, or an edit's form or JSON and its images."""
 _JSON = b"application/json"
 
 
@@ -244,11 +242,11 @@ class ImagesApp:
             max_files=self.settings.max_edit_files,
         )
         self._routes: dict[str, dict[str, Handler]] = {
-            GENERATIONS_PATH: {"POST": ImagesApp._generate},
-            EDITS_PATH: {"POST": ImagesApp._edit},
-            VARIATIONS_PATH: {"POST": ImagesApp._variations},
-            MODELS_PATH: {"GET": ImagesApp._models},
-            MODEL_PATH: {"GET": ImagesApp._model},
+            GENERATIONS_PATH: {"POST": self._generate},
+            EDITS_PATH: {"POST": self._edit},
+            VARIATIONS_PATH: {"POST": self._variations},
+            MODELS_PATH: {"GET": self._models},
+            MODEL_PATH: {"GET": self._model},
         }
         self.readers: dict[str, Reader] = {
             GENERATIONS_PATH: self._read_generation,
@@ -262,21 +260,21 @@ class ImagesApp:
             else self.settings.store == "embedded"
         )
         if self._hosting:
-            self._routes[HOSTED_ROUTE] = {"GET": ImagesApp._hosted, "HEAD": ImagesApp._hosted}
+            self._routes[HOSTED_ROUTE] = {"GET": self._hosted, "HEAD": self._hosted}
         if health:
-            self._routes[HEALTH_PATH] = {"GET": ImagesApp._health, "HEAD": ImagesApp._health}
-            self._routes[READY_PATH] = {"GET": ImagesApp._ready, "HEAD": ImagesApp._ready}
+            self._routes[HEALTH_PATH] = {"GET": self._health, "HEAD": self._health}
+            self._routes[READY_PATH] = {"GET": self._ready, "HEAD": self._ready}
         if openapi:
-            self._routes[OPENAPI_PATH] = {"GET": ImagesApp._openapi}
+            self._routes[OPENAPI_PATH] = {"GET": self._openapi}
             self._openapi_body = openapi_bytes(
                 auth=self._keys.enabled, health=health, hosted=self._hosting
             )
         if metrics_route:
-            self._routes[METRICS_PATH] = {"GET": ImagesApp._metrics}
+            self._routes[METRICS_PATH] = {"GET": self._metrics}
         self._playground = PlaygroundApp() if playground else None
         if playground:
             for path in ("", *PAGE_PATHS):
-                self._routes[path] = {"GET": ImagesApp._page, "HEAD": ImagesApp._page}
+                self._routes[path] = {"GET": self._page, "HEAD": self._page}
         self._entry: ASGIApp = self._http
         if cors and self.settings.cors_origins:
             self._entry = with_cors(self._http, self.settings.cors_origins)
@@ -434,7 +432,7 @@ class ImagesApp:
             raise MethodNotAllowed(scope["method"], sorted(methods))
         if scope["method"] == "HEAD":
             send = _without_body(send)
-        await handler(self, scope, receive, send, outcome)
+        await handler(scope, receive, send, outcome)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         await self._serve(scope, receive, send, outcome, self._read_generation)

@@ -1,4 +1,5 @@
-"""The async job routes and the job runner, on top of an ``ImagesApp`` and a ``JobQueue``.
+"""The async job routes and the job runner, on top of the app (``handler.JobsHost``: an
+``ImagesApp``) and a ``JobQueue``.
 
     POST   /v1/async/images/generations   (one async route per synchronous image route)
     GET    /v1/async/jobs/{id}
@@ -16,8 +17,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from mesh_images_asgi._asgi.handler import Handler, JobsHost
 from mesh_images_asgi._asgi.hosted import request_base
 from mesh_images_asgi._asgi.responses import send_json
 from mesh_images_asgi._core.asgi import (
@@ -40,9 +41,6 @@ from mesh_images_asgi._observe.outcome import CLIENT_CLOSED, Outcome
 from mesh_images_asgi._routing.byok import read_client_keys
 from mesh_images_asgi._routing.job_queues import create_job_queue
 from mesh_images_asgi._routing.webhooks import WEBHOOK_HEADER, Webhooks
-
-if TYPE_CHECKING:
-    from mesh_images_asgi._asgi.app import Handler, ImagesApp
 
 __all__ = ["ASYNC_PREFIX", "JOBS_PREFIX", "JOB_PATH", "JobRoutes", "async_path"]
 
@@ -102,7 +100,7 @@ class JobRoutes:
     """Adds the async routes to ``routes`` and serves them; owns the app's ``JobQueue``."""
 
     def __init__(
-        self, app: ImagesApp, queue: JobQueue | None, routes: dict[str, dict[str, Handler]]
+        self, app: JobsHost, queue: JobQueue | None, routes: dict[str, dict[str, Handler]]
     ) -> None:
         self._app = app
         self._queue = queue
@@ -146,17 +144,13 @@ class JobRoutes:
     # The routes.
 
     def _handler(self, serve: Callable[[Scope, Send, Outcome], Awaitable[None]]) -> Handler:
-        async def handler(
-            app: ImagesApp, scope: Scope, receive: Receive, send: Send, outcome: Outcome
-        ) -> None:
+        async def handler(scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
             await serve(scope, send, outcome)
 
         return handler
 
     def _submitter(self, path: str) -> Handler:
-        async def submit(
-            app: ImagesApp, scope: Scope, receive: Receive, send: Send, outcome: Outcome
-        ) -> None:
+        async def submit(scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
             await self._submit(path, scope, receive, send, outcome)
 
         return submit

@@ -92,7 +92,7 @@ def app(latency: float, **settings: Any) -> ImagesApp:
 async def test_running_generations_finish_while_new_ones_are_refused() -> None:
     images = app(0.2, drain_timeout=5)
     running, late, health = Call(images), Call(images), Call(images, "/healthz")
-    images._routes["/healthz"] = {"GET": ImagesApp._health}
+    images._routes["/healthz"] = {"GET": images._health}
     async with anyio.create_task_group() as group:
         group.start_soon(running)
         await anyio.sleep(0.05)
