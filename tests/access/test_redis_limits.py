@@ -31,7 +31,12 @@ from tests.asgi.test_app import assert_envelope
 from tests.helpers import app_client
 from tests.support.clock import wait_for_a_fresh_minute
 from tests.support.leaks import WATCH
-from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
+from tests.support.redis import (
+    RedisServer,
+    free_port,
+    redis_for_tests,
+    require_redis_server,
+)
 
 GEN = "/v1/images/generations"
 REQUEST = {"model": "local/sketch", "prompt": "fox", "size": "256x256"}
@@ -52,16 +57,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """CI's Redis when there is one, else a Redis of this module's own."""
-    url = shared_url()
-    if url is not None:
+    with redis_for_tests() as url:
         yield url
-        return
-    server = RedisServer(require_redis_server())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from mesh_images_asgi._access.keys import GatewayKey, hash_key
 from mesh_images_asgi._core.asgi import Receive, Scope, Send
 from mesh_images_asgi._routing.job_memory import MemoryJobQueue
 from tests.edit_images import solid
-from tests.emulators.openai import OpenAIEmulator, content_policy_violation
+from tests.emulators.openai import OpenAIEmulator, content_policy_violation, emulator_fixtures
 from tests.helpers import decode_image
 from tests.support.live import serve
 
@@ -41,17 +41,7 @@ HANG = 60.0
 """Emulator latency that holds a job running until the test cancels it."""
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[OpenAIEmulator, str]]:
-    emulator = OpenAIEmulator(api_key=UPSTREAM_KEY)
-    with emulator.serve() as base_url:
-        yield emulator, base_url
-
-
-@pytest.fixture
-def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
-    served[0].reset()
-    return served[0]
+served, emulator = emulator_fixtures(UPSTREAM_KEY)
 
 
 @pytest.fixture

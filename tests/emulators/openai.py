@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import pytest
 from PIL import Image
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -814,3 +815,22 @@ def _files_problem(files: list[RecordedFile]) -> ErrorReply | None:
                 "Invalid 'mask': mask size does not match image size.", "mask", "invalid_value"
             )
     return None
+
+
+def emulator_fixtures(api_key: str) -> tuple[Any, Any]:
+    """A module's two fixtures, to assign as ``served, emulator = emulator_fixtures(KEY)``:
+    ``served`` (one emulator on 127.0.0.1 for the module, and its base URL) and ``emulator``
+    (that emulator, reset for each test)."""
+
+    @pytest.fixture(scope="module")
+    def served() -> Iterator[tuple[OpenAIEmulator, str]]:
+        emulator = OpenAIEmulator(api_key=api_key)
+        with emulator.serve() as base_url:
+            yield emulator, base_url
+
+    @pytest.fixture
+    def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
+        served[0].reset()
+        return served[0]
+
+    return served, emulator

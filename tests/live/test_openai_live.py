@@ -31,6 +31,7 @@ from tests.emulators.openai import (
     OpenAIEmulator,
     StreamError,
     content_policy_violation,
+    emulator_fixtures,
     invalid_api_key,
     moderation_blocked,
     overloaded,
@@ -46,17 +47,7 @@ KEY = "sk-emulator-live-0123456789"
 GEN = "/v1/images/generations"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[OpenAIEmulator, str]]:
-    emulator = OpenAIEmulator(api_key=KEY)
-    with emulator.serve() as base_url:
-        yield emulator, base_url
-
-
-@pytest.fixture
-def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
-    served[0].reset()
-    return served[0]
+served, emulator = emulator_fixtures(KEY)
 
 
 def gateway_app(upstream: str, **settings: Any) -> ImagesApp:

@@ -14,7 +14,10 @@ from mesh_images_asgi._core.errors import ProviderNotAvailable
 from mesh_images_asgi._domain.image_jobs import JobPayload, JobRecord, new_job_id
 from mesh_images_asgi._routing.job_redis import RedisJobQueue
 from tests.support.live import serve
-from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
+from tests.support.redis import (
+    free_port,
+    redis_for_tests,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -23,16 +26,9 @@ PAYLOAD = JobPayload("/v1/images/generations", "application/json", b"{}", "req_1
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    url = shared_url()
-    if url is not None:
+    """CI's Redis when there is one, else a Redis of this module's own."""
+    with redis_for_tests() as url:
         yield url
-        return
-    server = RedisServer(require_redis_server())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def queue(url: str, prefix: str, size: int = 10) -> RedisJobQueue:

@@ -22,8 +22,11 @@ import httpx
 import pytest
 
 from tests.edit_images import solid
-from tests.emulators.openai import Fault, OpenAIEmulator
-from tests.support.redis import RedisServer, free_port, require_redis_server, shared_url
+from tests.emulators.openai import Fault, OpenAIEmulator, emulator_fixtures
+from tests.support.redis import (
+    free_port,
+    redis_for_tests,
+)
 
 UPSTREAM_KEY = "sk-emulator-jobs-redis-0123456789"
 SUBMIT = "/v1/async/images/generations"
@@ -35,29 +38,11 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """CI's Redis when there is one, else a Redis of this module's own."""
-    url = shared_url()
-    if url is not None:
+    with redis_for_tests() as url:
         yield url
-        return
-    server = RedisServer(require_redis_server())
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[OpenAIEmulator, str]]:
-    emulator = OpenAIEmulator(api_key=UPSTREAM_KEY)
-    with emulator.serve() as base_url:
-        yield emulator, base_url
-
-
-@pytest.fixture
-def emulator(served: tuple[OpenAIEmulator, str]) -> OpenAIEmulator:
-    served[0].reset()
-    return served[0]
+served, emulator = emulator_fixtures(UPSTREAM_KEY)
 
 
 class Gateway:

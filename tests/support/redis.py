@@ -11,10 +11,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-__all__ = ["RedisServer", "free_port", "require_redis_server", "shared_url"]
+__all__ = ["RedisServer", "free_port", "redis_for_tests", "require_redis_server", "shared_url"]
 
 BINARY = "redis-server"
 SKIP_REASON = "redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
@@ -88,3 +90,19 @@ class RedisServer:
 def shared_url() -> str | None:
     """The Redis CI started for the suite, if any."""
     return os.environ.get("MESH_IMAGES_TEST_REDIS_URL") or None
+
+
+@contextmanager
+def redis_for_tests() -> Iterator[str]:
+    """CI's Redis when there is one (``shared_url``), else a ``redis-server`` of the caller's own
+    for as long as the block runs; its URL."""
+    url = shared_url()
+    if url is not None:
+        yield url
+        return
+    server = RedisServer(require_redis_server())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
