@@ -577,7 +577,8 @@ class ImagesApp:
         if dialect == "openai" and "response_format" not in request.model_fields_set:
             # OpenAI's stream events carry b64_json: nothing to host unless url is asked for.
             request = request.model_copy(update={"response_format": "b64_json"})
-        self.set_request_base(request_base(scope))
+        if request.response_format == "url":  # only hosted images need the request's base
+            self.set_request_base(request_base(scope))
         plan = self.plan(request, key, outcome, inputs, scope)
         send = _with_headers(send, deprecation_headers(plan.job.entry))
         service = self.service
