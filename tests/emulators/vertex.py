@@ -248,6 +248,8 @@ class VertexEmulator:
         self.calls: list[Call] = []
         """The requests that passed every check, as checked (input images decoded)."""
         self._script: deque[Script] = deque()
+        self._era = 0
+        """Counts ``reset``s: a request that outlives its test must not touch the next one's."""
         self.app = Starlette(
             routes=[
                 Route(_MODEL_PATH, self._handle, methods=["POST"]),
@@ -262,6 +264,7 @@ class VertexEmulator:
         self.calls.clear()
         self._script.clear()
         self.latency = 0.0
+        self._era += 1
 
     def still_serving(self, model: str) -> None:
         """This project still has ``model`` although Google shut it down."""
@@ -306,8 +309,12 @@ class VertexEmulator:
         except ValueError:
             body = raw.decode("utf-8", "replace")
         self.requests.append(Recorded(request.url.path, dict(request.headers), body))
+        era = self._era
         if self.latency:
             await anyio.sleep(self.latency)
+        if era != self._era:  # its test ended while it slept (a gateway gave up on it): a
+            # scripted answer or a recorded call now belongs to the next test
+            return google_error(503, "UNAVAILABLE", "The emulator was reset meanwhile.")
         refused = self._check_credentials(request)
         if refused is not None:
             return refused
