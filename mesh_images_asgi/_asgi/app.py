@@ -673,7 +673,7 @@ class ImagesApp:
 
     async def _page(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
         assert self._playground is not None  # the route exists only with it
-        await self._playground.respond(scope, send, outcome.request_id)
+        outcome.bytes = await self._playground.respond(scope, send, outcome.request_id)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -95,14 +95,14 @@ class PlaygroundApp:
         """Whether ``path`` (below the mount point) is one of the page's files."""
         return path in PAGE_PATHS or path == ""
 
-    async def respond(self, scope: Scope, send: Send, request_id: str) -> None:
-        """Answer a ``GET``/``HEAD`` of one of the page's paths (``serves``)."""
+    async def respond(self, scope: Scope, send: Send, request_id: str) -> int:
+        """Answer a ``GET``/``HEAD`` of one of the page's paths (``serves``); the body's bytes."""
         path = route_path(scope)
         tagged = [(b"x-request-id", request_id.encode())]
         if path == "":  # mounted, asked without the trailing slash: relative URLs need it
             location = (scope.get("root_path", "") + "/").encode()
             await send_bytes(send, 308, b"", b"text/plain", [(b"location", location), *tagged])
-            return
+            return 0
         asset = self._assets[path]
         body = b"" if scope["method"] == "HEAD" else asset.body
         await send(
@@ -118,6 +118,7 @@ class PlaygroundApp:
             }
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
+        return len(body)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # nothing to start or stop
