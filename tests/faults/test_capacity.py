@@ -168,7 +168,9 @@ def test_the_local_renderer_renders_on_its_own_threads_with_a_bounded_queue(
             first = pool.submit(gw.post, body, timeout=30)
             queued = pool.submit(gw.post, body, timeout=30)
             deadline = time.monotonic() + 20  # until one renders and one waits (or, unbounded,
-            while len(rendering) < 2 and getattr(renderer, "waiting", 0) < 1:  # both render)
+            # both render). The first holds its slot from before its render thread starts: wait
+            # for the render itself, not only for the second to queue behind it.
+            while len(rendering) < 2 and (not rendering or getattr(renderer, "waiting", 0) < 1):
                 assert time.monotonic() < deadline, rendering
                 time.sleep(0.01)
             assert len(rendering) == 1
