@@ -41,6 +41,7 @@ from mesh_images_asgi._upstream.client import (
     bad_response,
     broken_answer,
     certificate_failed,
+    read_answer,
     refuse_redirect,
     split_lines,
     too_slow,
@@ -227,9 +228,7 @@ class AiohttpUpstream:
     async def fetch(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> Answer:
-        async with self.post(provider, url, content, headers) as response:
-            body = await response.aread()
-            return Answer(response.status_code, response.headers, body)
+        return await read_answer(self.post(provider, url, content, headers))
 
     @property
     def is_closed(self) -> bool:

@@ -49,6 +49,7 @@ __all__ = [
     "bad_response",
     "broken_answer",
     "certificate_failed",
+    "read_answer",
     "refuse_redirect",
     "split_lines",
     "too_slow",
@@ -159,6 +160,13 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def read_answer(posted: AbstractAsyncContextManager[UpstreamResponse]) -> Answer:
+    """The whole answer of a ``post``: every client's ``fetch``."""
+    async with posted as response:
+        body = await response.aread()
+        return Answer(response.status_code, response.headers, body)
+
+
 class _HttpxResponse:
     __slots__ = ("_body", "_limit", "_provider", "_response")
 
@@ -249,9 +257,7 @@ class HttpxUpstream:
     async def fetch(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> Answer:
-        async with self.post(provider, url, content, headers) as response:
-            body = await response.aread()
-            return Answer(response.status_code, response.headers, body)
+        return await read_answer(self.post(provider, url, content, headers))
 
     @property
     def is_closed(self) -> bool:
