@@ -15,10 +15,10 @@ Paths, all against one instant OpenAI-shaped upstream (``bench/upstream.py``) on
                (``git worktree add DIR REV``), in the same run, to compare two revisions
 
 Load comes from ``wrk`` (Debian's package), fixed concurrency and duration, paths interleaved in
-every round, medians over the rounds. A second part, ``payload``, sends answers of 4 images of
-2 MB of base64 each through the gateway and reports the added latency and the gateway's peak RSS
-per in-flight request. Tables are printed and, with ``--write FILE``, written into FILE.
-Loopback only, bounded in time.
+every round, every other round backwards (so ``--rounds`` should be even), medians over the
+rounds. A second part, ``payload``, sends answers of 4 images of 2 MB of base64 each through the
+gateway and reports the added latency and the gateway's peak RSS per in-flight request. Tables are
+printed and, with ``--write FILE``, written into FILE. Loopback only, bounded in time.
 """
 
 from __future__ import annotations
@@ -155,6 +155,19 @@ def wrk(path: Path_, connections: int, seconds: float) -> Run:
     return Run(float(rps[1]), _ms(p50[1]), _ms(p99[1]))
 
 
+def ordered(paths: list[Path_], round_: int) -> list[Path_]:
+    """The paths in round ``round_``'s order: every other round runs them backwards, and each
+    pair of rounds starts one path further on.
+
+    A path's place in a round moves its numbers: with the gateway and the baseline gateway side
+    by side in a fixed order, whichever ran first in every round lost 5 to 7% of its rate, and
+    swapping them swapped the loss. Over an even number of rounds, every two paths run in each
+    order equally often, and no path always follows the same one."""
+    start = (round_ // 2) % len(paths)
+    order = paths[start:] + paths[:start]
+    return order if round_ % 2 == 0 else order[::-1]
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -248,8 +261,8 @@ def overhead(args: argparse.Namespace) -> str:
             wrk(path, 4, 2)
         c32: dict[str, list[Run]] = {p.name: [] for p in paths}
         c1: dict[str, list[Run]] = {p.name: [] for p in paths}
-        for _ in range(args.rounds):
-            for path in paths:
+        for round_ in range(args.rounds):
+            for path in ordered(paths, round_):
                 c32[path.name].append(wrk(path, 32, args.seconds))
                 c1[path.name].append(wrk(path, 1, args.seconds / 2))
     return overhead_table(args, paths, c32, c1)
@@ -390,8 +403,8 @@ def payload(args: argparse.Namespace) -> str:
         wrk(gateway, 1, 2)
         baseline = rss_kib(server.pid)
         ones: dict[str, list[Run]] = {"direct": [], "gateway": []}
-        for _ in range(args.rounds):
-            for path in (direct, gateway):
+        for round_ in range(args.rounds):
+            for path in ordered([direct, gateway], round_):
                 ones[path.name].append(wrk(path, 1, args.seconds / 2))
         wrk(gateway, concurrency, args.seconds / 2)
         peak = rss_kib(server.pid, "VmHWM")
@@ -445,7 +458,7 @@ def write_section(path: Path, name: str, title: str, table: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="c=32 run length per path")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", choices=["overhead", "payload"])
     parser.add_argument("--write", metavar="FILE", help="also write the tables into FILE")
     parser.add_argument(
