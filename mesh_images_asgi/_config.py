@@ -145,8 +145,9 @@ class Settings(BaseSettings):
     """Redis shared by every gateway process: rate-limit counters and async jobs
     (``MESH_IMAGES_REDIS_URL``)."""
     redis_max_connections: int = Field(default=50, ge=1)
-    """Connections each gateway process opens to Redis, at most; under a burst, requests wait
-    for one (``redis_pool_timeout``) instead of taking the burst for an outage."""
+    """Connections each gateway process opens to Redis, at most, in each of its two pools (rate
+    limits; async jobs); under a burst, requests wait for one (``redis_pool_timeout``) instead
+    of taking the burst for an outage."""
     redis_pool_timeout: float = Field(default=2.0, gt=0)
     """Seconds a request waits for a Redis connection; past it, 503 ``service_unavailable``."""
     rate_limit_fail_open: bool = True

@@ -184,7 +184,7 @@ return counts
 """
 
 
-def _pool_exhausted(exc: Exception) -> bool:
+def pool_exhausted(exc: BaseException) -> bool:
     """Whether ``exc`` is the blocking pool's "no connection within the timeout" (the pool
     raises a plain ``ConnectionError`` caused by its wait's ``TimeoutError``)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -257,7 +257,7 @@ class RedisLimiter:
                     ],
                 )
             except self._unreachable as exc:  # refused, timed out, auth failed, read-only...
-                if _pool_exhausted(exc):
+                if pool_exhausted(exc):
                     raise ServiceUnavailable(
                         "The gateway is busy counting requests; try again shortly.",
                         retry_after_seconds=_RETRY_INTERVAL,

@@ -21,6 +21,8 @@ def create_job_queue(settings: Settings) -> JobQueue:
             lease=settings.job_lease,
             ttl=settings.job_ttl,
             prefix=settings.job_redis_prefix,
+            max_connections=settings.redis_max_connections,
+            pool_timeout=settings.redis_pool_timeout,
         )
     return MemoryJobQueue(
         concurrency=settings.job_concurrency, size=settings.job_queue_size, ttl=settings.job_ttl

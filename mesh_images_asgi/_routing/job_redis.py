@@ -29,7 +29,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from mesh_images_asgi._core.errors import ProviderNotAvailable
+from mesh_images_asgi._access.ratelimit import pool_exhausted
+from mesh_images_asgi._core.errors import GatewayError, ProviderNotAvailable, ServiceUnavailable
 from mesh_images_asgi._domain.image_jobs import (
     JobEnded,
     JobPayload,
@@ -80,20 +81,46 @@ return 1
 """
 
 
-def _redis_client(url: str) -> Any:
+CLIENT_NAME = "mesh-images-jobs"
+"""The name the queue's connections give Redis (``CLIENT LIST`` shows it)."""
+
+
+def _redis_client(url: str, max_connections: int, pool_timeout: float) -> Any:
+    """A client on a blocking pool of at most ``max_connections`` connections: under a burst of
+    polls a call waits up to ``pool_timeout`` s for one (then 503, as when Redis is down),
+    where redis-py's default pool would open a connection per concurrent call."""
     try:
         from redis import asyncio as aioredis
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise RuntimeError(
             "MESH_IMAGES_REDIS_URL needs the redis client: pip install 'mesh-images-asgi[redis]'"
         ) from None
-    return aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        client_name=CLIENT_NAME,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def _unreachable() -> ProviderNotAvailable:
     return ProviderNotAvailable(
         "The job store (Redis) cannot be reached; retry later.", retry_after_seconds=5.0
     )
+
+
+def _refusal(exc: BaseException) -> GatewayError:
+    """What a job call that Redis failed answers: 503 ``service_unavailable`` when every pooled
+    connection stayed busy for ``redis_pool_timeout`` (a burst, as the rate limiter says it),
+    else 503 ``provider_not_available`` (Redis down)."""
+    if pool_exhausted(exc):
+        return ServiceUnavailable(
+            "The gateway is busy with job requests; try again shortly.", retry_after_seconds=1.0
+        )
+    return _unreachable()
 
 
 class RedisJobQueue:
@@ -108,10 +135,12 @@ class RedisJobQueue:
         lease: float,
         ttl: float,
         prefix: str = "mesh-images:jobs",
+        max_connections: int = 50,
+        pool_timeout: float = 2.0,
     ) -> None:
         from redis.exceptions import RedisError
 
-        self._client = _redis_client(url)
+        self._client = _redis_client(url, max_connections, pool_timeout)
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._size = size
         self._lease = lease
@@ -147,17 +176,17 @@ class RedisJobQueue:
                     payload.body,
                 ],
             )
-        except self._errors:
-            logger.warning("mesh-images: Redis unreachable; a job submission was refused")
-            raise _unreachable() from None
+        except self._errors as exc:
+            logger.warning("mesh-images: Redis unreachable or busy; a job submission was refused")
+            raise _refusal(exc) from None
         if not added:
             raise queue_full()
 
     async def get(self, job_id: str) -> JobRecord | None:
         try:
             raw = await self._client.hget(self._key(job_id), "record")
-        except self._errors:
-            raise _unreachable() from None
+        except self._errors as exc:
+            raise _refusal(exc) from None
         return None if raw is None else JobRecord.loads(raw)
 
     async def cancel(self, job_id: str) -> JobRecord | None:
@@ -166,8 +195,8 @@ class RedisJobQueue:
             return record
         try:
             await self.finish(record, "cancelled")
-        except self._errors:
-            raise _unreachable() from None
+        except self._errors as exc:
+            raise _refusal(exc) from None
         return await self.get(job_id)  # the running worker sees it within _CANCEL_POLL
 
     async def finish(

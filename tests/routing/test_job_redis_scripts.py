@@ -1,18 +1,21 @@
 """The Redis queue's scripts on a real ``redis-server``: the first result wins, a finished job
-stays as it is, the queue bound holds across submitters; and a gateway whose Redis is down."""
+stays as it is, the queue bound holds across submitters; its connections are a bounded pool;
+and a gateway whose Redis is down."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from mesh_images_asgi import ImagesApp, Settings
-from mesh_images_asgi._core.errors import ProviderNotAvailable
+from mesh_images_asgi._core.errors import ProviderNotAvailable, ServiceUnavailable
 from mesh_images_asgi._domain.image_jobs import JobPayload, JobRecord, new_job_id
-from mesh_images_asgi._routing.job_redis import RedisJobQueue
+from mesh_images_asgi._routing.job_redis import CLIENT_NAME, RedisJobQueue
 from tests.support.live import serve
 from tests.support.redis import (
     free_port,
@@ -97,3 +100,78 @@ def test_a_gateway_starts_and_refuses_jobs_clearly_while_redis_is_down() -> None
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "provider_not_available"
         assert "retry-after" in answer.headers
+
+
+async def _clients(redis: Any) -> list[dict[str, Any]]:
+    return list(await redis.client_list())
+
+
+async def test_a_burst_of_polls_shares_a_bounded_pool_of_connections(redis_url: str) -> None:
+    """200 polls at once on a pool of 3 (``MESH_IMAGES_REDIS_MAX_CONNECTIONS``) wait their turn,
+    none refused, and Redis sees at most 3 more connections (redis-py's default pool opened up
+    to 100, then refused the rest at once, which read as Redis being down)."""
+    from redis import asyncio as aioredis
+
+    observer = aioredis.Redis.from_url(redis_url)
+    before = len(await _clients(observer))
+    jobs = RedisJobQueue(
+        redis_url,
+        concurrency=1,
+        size=10,
+        lease=60,
+        ttl=60,
+        prefix=f"test-records:{secrets.token_hex(4)}",
+        max_connections=3,
+        pool_timeout=60,  # only catches a hang
+    )
+    try:
+        record = JobRecord(new_job_id(), "local/sketch", None)
+        await jobs.submit(record, PAYLOAD)
+        polls = await asyncio.gather(*(jobs.get(record.id) for _ in range(200)))
+        assert {poll.id if poll else None for poll in polls} == {record.id}
+        after = await _clients(observer)
+        assert len(after) - before <= 3, after
+        assert 1 <= sum(client["name"] == CLIENT_NAME for client in after) <= 3, after
+    finally:
+        await jobs.aclose()
+        await observer.aclose()
+
+
+async def test_a_poll_that_finds_every_connection_busy_is_refused_as_busy(redis_url: str) -> None:
+    """The pool's one connection is held by a submission that Redis keeps waiting (``CLIENT
+    PAUSE WRITE`` holds scripts that write); a poll waits ``pool_timeout`` for it, then gets 503
+    ``service_unavailable`` (Retry-After 1 s), not "Redis is down"."""
+    from redis import asyncio as aioredis
+
+    observer = aioredis.Redis.from_url(redis_url)
+    jobs = RedisJobQueue(
+        redis_url,
+        concurrency=1,
+        size=10,
+        lease=60,
+        ttl=60,
+        prefix=f"test-records:{secrets.token_hex(4)}",
+        max_connections=1,
+        pool_timeout=0.05,
+    )
+    record = JobRecord(new_job_id(), "local/sketch", None)
+    try:
+        assert await jobs.get(record.id) is None  # the pool's one connection, open
+        await observer.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        try:
+            # Tasks start in order, and a free connection is taken before the first await
+            # that suspends: the submission holds it, the poll waits for it.
+            held = asyncio.create_task(jobs.submit(record, PAYLOAD))
+            waiting = asyncio.create_task(jobs.get(record.id))
+            with pytest.raises(ServiceUnavailable) as refused:
+                await waiting
+        finally:
+            await observer.execute_command("CLIENT", "UNPAUSE")
+        assert refused.value.retry_after_seconds == 1.0
+        await held  # the submission goes through once Redis goes on
+        stored = await jobs.get(record.id)
+        assert stored is not None
+        assert stored.status == "queued"
+    finally:
+        await jobs.aclose()
+        await observer.aclose()
