@@ -112,7 +112,7 @@ async def test_a_burst_of_polls_shares_a_bounded_pool_of_connections(redis_url: 
     to 100, then refused the rest at once, which read as Redis being down)."""
     from redis import asyncio as aioredis
 
-    observer = aioredis.Redis.from_url(redis_url)
+    observer: Any = aioredis.Redis.from_url(redis_url)
     before = len(await _clients(observer))
     jobs = RedisJobQueue(
         redis_url,
@@ -143,7 +143,7 @@ async def test_a_poll_that_finds_every_connection_busy_is_refused_as_busy(redis_
     ``service_unavailable`` (Retry-After 1 s), not "Redis is down"."""
     from redis import asyncio as aioredis
 
-    observer = aioredis.Redis.from_url(redis_url)
+    observer: Any = aioredis.Redis.from_url(redis_url)
     jobs = RedisJobQueue(
         redis_url,
         concurrency=1,
