@@ -9,7 +9,6 @@ past a bound (``leak_check``).
 from __future__ import annotations
 
 import base64
-import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from tests.emulators.oauth import OAuthEmulator
 from tests.emulators.openai import ErrorReply, Fault, OpenAIEmulator, StreamError
 from tests.emulators.vertex import PROJECT, SHUT_DOWN, VertexEmulator
 from tests.support.live import serve
-from tests.support.procfs import LoopProbe, connections_to, rss_bytes, task_count
+from tests.support.procfs import LoopProbe, connections_to, live_rss_bytes, task_count
 
 KEY = "sk-gateway-0123456789abcdef"
 CLIENT_KEY = "sk-client-fedcba9876543210"
@@ -187,8 +186,7 @@ def leak_check(shared: Gateway, upstreams: Upstreams) -> Iterator[None]:
     for body in ({}, {"stream": True}, {"model": "vertex/gemini-3.1-flash-image"}):
         assert shared.post(body).status_code == 200
     idle_tasks = _settled(shared.tasks, lambda n: False, within=0.3)
-    gc.collect()
-    rss_before = rss_bytes()
+    rss_before = live_rss_bytes()
     yield
     tasks = _settled(shared.tasks, lambda n: n <= idle_tasks)
     assert tasks <= idle_tasks, f"{tasks - idle_tasks} task(s) left in the gateway's loop"
@@ -199,9 +197,8 @@ def leak_check(shared: Gateway, upstreams: Upstreams) -> Iterator[None]:
     assert sum(sockets.values()) <= POOL, f"connections to the emulators: {dict(sockets)}"
     by_port = {port: dict(connections_to({port})) for port in upstreams.ports}
     assert not sockets["CLOSE_WAIT"], f"connections left half-closed, by port: {by_port}"
-    gc.collect()
-    growth = rss_bytes() - rss_before
-    assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over the fault suite"
+    growth = live_rss_bytes() - rss_before
+    assert growth < 64 * 2**20, f"live RSS grew by {growth / 2**20:.1f} MiB over the fault suite"
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:

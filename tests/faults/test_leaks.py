@@ -3,7 +3,6 @@ task beyond its idle ones and its connections to the emulators stay within its p
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import httpx
 
 from tests.emulators.openai import Fault, overloaded, rate_limited, server_error
 from tests.faults.conftest import POOL, Answer, Gateway, Upstreams
-from tests.support.procfs import connections_to, rss_bytes
+from tests.support.procfs import connections_to, live_rss_bytes
 
 MIX: list[Answer] = [
     None,
@@ -56,12 +55,10 @@ def test_rss_tasks_and_sockets_are_flat_over_rounds_of_faults(
     idle = gateway.tasks()
     with silenced_logs():
         one_round(gateway, upstreams)  # warm-up: pools, caches, allocator arenas
-        gc.collect()
-        before = rss_bytes()
+        before = live_rss_bytes()
         for _ in range(4):
             one_round(gateway, upstreams)
-        gc.collect()
-        growth = rss_bytes() - before
+        growth = live_rss_bytes() - before
     assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 360 requests"
     assert gateway.tasks() <= idle
     assert sum(connections_to(upstreams.ports).values()) <= POOL + 1  # + the token refresher's
