@@ -21,25 +21,24 @@ from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, PyreqwestErr
 
 from mesh_images_asgi._core.errors import GatewayError
 from mesh_images_asgi._upstream.client import (
-    Answer,
+    ChunkedBody,
+    UpstreamClient,
     UpstreamResponse,
     bad_response,
     broken_answer,
-    read_answer,
     refuse_redirect,
-    split_lines,
     too_slow,
     unreachable,
 )
 from mesh_images_asgi._upstream.content_coding import BodyDecoder, DecodingError
 
 
-class _PyreqwestResponse:
+class _PyreqwestResponse(ChunkedBody):
     def __init__(self, provider: str, response: Any, limit: int) -> None:
+        super().__init__()
         self._provider = provider
         self._response = response
         self._limit = limit
-        self._body: bytes | None = None
 
     @property
     def status_code(self) -> int:
@@ -48,14 +47,6 @@ class _PyreqwestResponse:
     @property
     def headers(self) -> Mapping[str, str]:
         return {k.lower(): v for k, v in self._response.headers.items()}
-
-    async def aread(self) -> bytes:
-        if self._body is None:
-            self._body = b"".join([chunk async for chunk in self._chunks()])
-        return self._body
-
-    def aiter_lines(self) -> AsyncIterator[str]:
-        return split_lines(self._chunks())
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         counter = BodyDecoder(None, self._limit)
@@ -71,7 +62,7 @@ class _PyreqwestResponse:
             raise bad_response(self._provider, str(exc)) from None
 
 
-class PyreqwestUpstream:
+class PyreqwestUpstream(UpstreamClient):
     def __init__(
         self,
         *,
@@ -112,11 +103,6 @@ class PyreqwestUpstream:
             raise unreachable(provider) from None
         except PyreqwestError as exc:
             raise bad_response(provider, f"{type(exc).__name__}: {exc}") from None
-
-    async def fetch(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> Answer:
-        return await read_answer(self.post(provider, url, content, headers))
 
     @property
     def is_closed(self) -> bool:

@@ -36,14 +36,13 @@ from yarl import URL
 
 from mesh_images_asgi._core.errors import GatewayError
 from mesh_images_asgi._upstream.client import (
-    Answer,
+    ChunkedBody,
+    UpstreamClient,
     UpstreamResponse,
     bad_response,
     broken_answer,
     certificate_failed,
-    read_answer,
     refuse_redirect,
-    split_lines,
     too_slow,
     unreachable,
 )
@@ -52,13 +51,13 @@ from mesh_images_asgi._upstream.content_coding import ACCEPT_ENCODING, BodyDecod
 __all__ = ["AiohttpUpstream"]
 
 
-class _AiohttpResponse:
-    __slots__ = ("_body", "_decoder", "_provider", "_response")
+class _AiohttpResponse(ChunkedBody):
+    __slots__ = ("_decoder", "_provider", "_response")
 
     def __init__(self, provider: str, response: aiohttp.ClientResponse, limit: int) -> None:
+        super().__init__()
         self._provider = provider
         self._response = response
-        self._body: bytes | None = None
         try:
             self._decoder = BodyDecoder(response.headers.get("content-encoding"), limit)
         except DecodingError as exc:
@@ -73,20 +72,15 @@ class _AiohttpResponse:
         return self._response.headers
 
     async def aread(self) -> bytes:
-        if self._body is None:
-            length = self._response.content_length
-            if not self._decoder.identity or length is None:
-                self._body = b"".join([chunk async for chunk in self._chunks()])
-                return self._body
-            try:  # the common answer, framed by its length: checked against the cap up front
-                self._decoder.reserve(length)
-                self._body = await self._response.read()
-            except _FAILURES as exc:
-                raise _failure(self._provider, exc) from None
+        length = self._response.content_length
+        if self._body is not None or not self._decoder.identity or length is None:
+            return await super().aread()
+        try:  # the common answer, framed by its length: checked against the cap up front
+            self._decoder.reserve(length)
+            self._body = await self._response.read()
+        except _FAILURES as exc:
+            raise _failure(self._provider, exc) from None
         return self._body
-
-    def aiter_lines(self) -> AsyncIterator[str]:
-        return split_lines(self._chunks())
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -136,7 +130,7 @@ class _EnvProxies:
         return proxy
 
 
-class AiohttpUpstream:
+class AiohttpUpstream(UpstreamClient):
     """The gateway's own client. ``read_timeout`` (seconds an answer's headers or its next bytes
     may take; None: none) is off in the gateway: routing's deadline bounds every call, and a
     model's catalog deadline may be longer than the default one. ``max_answer_bytes`` caps an
@@ -224,11 +218,6 @@ class AiohttpUpstream:
                 response.release()
             else:
                 response.close()
-
-    async def fetch(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> Answer:
-        return await read_answer(self.post(provider, url, content, headers))
 
     @property
     def is_closed(self) -> bool:

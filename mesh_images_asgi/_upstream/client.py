@@ -24,6 +24,7 @@ any more.
 from __future__ import annotations
 
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from mesh_images_asgi._upstream.content_coding import (
 __all__ = [
     "DEFAULT_MAX_UPSTREAM_BYTES",
     "Answer",
+    "ChunkedBody",
     "HttpxUpstream",
     "UpstreamClient",
     "UpstreamResponse",
@@ -49,7 +51,6 @@ __all__ = [
     "bad_response",
     "broken_answer",
     "certificate_failed",
-    "read_answer",
     "refuse_redirect",
     "split_lines",
     "too_slow",
@@ -151,8 +152,11 @@ class UpstreamClient(Protocol):
     async def fetch(
         self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
     ) -> Answer:
-        """POST and read the whole answer (the common case, without a context to enter)."""
-        ...
+        """POST and read the whole answer (the common case, without a context to enter). A
+        client that subclasses this protocol gets this one."""
+        async with self.post(provider, url, content, headers) as response:
+            body = await response.aread()
+            return Answer(response.status_code, response.headers, body)
 
     @property
     def is_closed(self) -> bool: ...
@@ -160,29 +164,15 @@ class UpstreamClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def read_answer(posted: AbstractAsyncContextManager[UpstreamResponse]) -> Answer:
-    """The whole answer of a ``post``: every client's ``fetch``."""
-    async with posted as response:
-        body = await response.aread()
-        return Answer(response.status_code, response.headers, body)
+class ChunkedBody(ABC):
+    """The body half of an ``UpstreamResponse`` over a library's stream of chunks: ``aread``
+    joins them once and keeps the result, ``aiter_lines`` splits them. An adapter gives
+    ``_chunks``: decoded, counted against the answer cap, errors as ``GatewayError``s."""
 
+    __slots__ = ("_body",)
 
-class _HttpxResponse:
-    __slots__ = ("_body", "_limit", "_provider", "_response")
-
-    def __init__(self, provider: str, response: httpx.Response, limit: int) -> None:
-        self._provider = provider
-        self._response = response
-        self._limit = limit
+    def __init__(self) -> None:
         self._body: bytes | None = None
-
-    @property
-    def status_code(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._response.headers
 
     async def aread(self) -> bytes:
         if self._body is None:
@@ -191,6 +181,27 @@ class _HttpxResponse:
 
     def aiter_lines(self) -> AsyncIterator[str]:
         return split_lines(self._chunks())
+
+    @abstractmethod
+    def _chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class _HttpxResponse(ChunkedBody):
+    __slots__ = ("_limit", "_provider", "_response")
+
+    def __init__(self, provider: str, response: httpx.Response, limit: int) -> None:
+        super().__init__()
+        self._provider = provider
+        self._response = response
+        self._limit = limit
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         """httpx decodes the body; the cap counts what it decoded."""
@@ -223,7 +234,7 @@ def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | N
     return None
 
 
-class HttpxUpstream:
+class HttpxUpstream(UpstreamClient):
     """A user's ``httpx.AsyncClient``; closing this wrapper leaves their client open."""
 
     def __init__(
@@ -253,11 +264,6 @@ class HttpxUpstream:
         finally:
             with anyio.move_on_after(5, shield=True):
                 await response.aclose()
-
-    async def fetch(
-        self, provider: str, url: str, content: bytes, headers: Mapping[str, str]
-    ) -> Answer:
-        return await read_answer(self.post(provider, url, content, headers))
 
     @property
     def is_closed(self) -> bool:
