@@ -34,8 +34,19 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def queue(url: str, prefix: str, size: int = 10) -> RedisJobQueue:
-    return RedisJobQueue(url, concurrency=1, size=size, lease=60, ttl=60, prefix=prefix)
+def queue(
+    url: str, prefix: str, size: int = 10, max_connections: int = 50, pool_timeout: float = 2.0
+) -> RedisJobQueue:
+    return RedisJobQueue(
+        url,
+        concurrency=1,
+        size=size,
+        lease=60,
+        ttl=60,
+        prefix=prefix,
+        max_connections=max_connections,
+        pool_timeout=pool_timeout,
+    )
 
 
 async def test_the_first_result_wins(redis_url: str) -> None:
@@ -114,13 +125,9 @@ async def test_a_burst_of_polls_shares_a_bounded_pool_of_connections(redis_url: 
 
     observer: Any = aioredis.Redis.from_url(redis_url)
     before = len(await _clients(observer))
-    jobs = RedisJobQueue(
+    jobs = queue(
         redis_url,
-        concurrency=1,
-        size=10,
-        lease=60,
-        ttl=60,
-        prefix=f"test-records:{secrets.token_hex(4)}",
+        f"test-records:{secrets.token_hex(4)}",
         max_connections=3,
         pool_timeout=60,  # only catches a hang
     )
@@ -144,13 +151,9 @@ async def test_a_poll_that_finds_every_connection_busy_is_refused_as_busy(redis_
     from redis import asyncio as aioredis
 
     observer: Any = aioredis.Redis.from_url(redis_url)
-    jobs = RedisJobQueue(
+    jobs = queue(
         redis_url,
-        concurrency=1,
-        size=10,
-        lease=60,
-        ttl=60,
-        prefix=f"test-records:{secrets.token_hex(4)}",
+        f"test-records:{secrets.token_hex(4)}",
         max_connections=1,
         pool_timeout=0.05,
     )
