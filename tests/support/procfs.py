@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,17 @@ def live_rss_bytes() -> int:
 
 
 def _malloc_trim() -> None:
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is not None:  # glibc; other C libraries keep less, or have no such call
+    if (trim := _trim_function()) is not None:
         trim(0)
+
+
+@functools.cache
+def _trim_function() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``); None on
+    other C libraries, which keep less or have no such call."""
+    name = ctypes.util.find_library("c")
+    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    return trim if name else None
 
 
 def peak_rss_bytes(pid: int | str = "self") -> int:
